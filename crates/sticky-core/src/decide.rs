@@ -1,0 +1,474 @@
+//! The decision: from the keys found in a request to a backend, an
+//! [`Outcome`] and the token to issue.
+
+use std::fmt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use crate::hash::stable_hash;
+use crate::snapshot::Snapshot;
+use crate::token::OpenedToken;
+
+/// What happens to a bound session whose backend cannot serve it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FailoverPolicy {
+    /// Re-pick by weight among backends that take new sessions (in the
+    /// session's group when it has one left) and issue a new token.
+    #[default]
+    Rebalance,
+    /// Reject: the caller answers 503 rather than moving the session.
+    Strict,
+}
+
+/// Why a session did not reach the backend it was bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Its backend is unhealthy (passive or active health, or a failed
+    /// connection).
+    Unhealthy,
+    /// Its backend is disabled.
+    Disabled,
+    /// Its backend is no longer in the pool.
+    Removed,
+    /// No backend can take the request at all.
+    Unavailable,
+}
+
+impl Reason {
+    /// Lower-case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Unhealthy => "unhealthy",
+            Reason::Disabled => "disabled",
+            Reason::Removed => "removed",
+            Reason::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// How a request was placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A bound session (token, route or hash key) reached its backend.
+    Hit,
+    /// Like `Hit`, and a fresh token is issued (last-seen renewed, or
+    /// re-signed with the newest key).
+    Refreshed,
+    /// No key: a new session, placed by weight.
+    New,
+    /// A genuine token past its lifetime or idle timeout: a new session.
+    Expired,
+    /// A forged, truncated, altered or unknown key: treated as no key.
+    Invalid,
+    /// The bound backend could not serve; the session moved.
+    Failover(Reason),
+    /// Nothing was placed: strict mode, or no backend available.
+    Rejected(Reason),
+}
+
+impl Outcome {
+    /// Lower-case name for logs and metrics (without the reason).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Refreshed => "refreshed",
+            Outcome::New => "new",
+            Outcome::Expired => "expired",
+            Outcome::Invalid => "invalid",
+            Outcome::Failover(_) => "failover",
+            Outcome::Rejected(_) => "rejected",
+        }
+    }
+
+    /// True when the request reached the backend it was bound to.
+    pub fn is_hit(self) -> bool {
+        matches!(self, Outcome::Hit | Outcome::Refreshed)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Failover(r) | Outcome::Rejected(r) => {
+                write!(f, "{} ({})", self.as_str(), r.as_str())
+            }
+            _ => f.write_str(self.as_str()),
+        }
+    }
+}
+
+/// The affinity keys found in one request.
+///
+/// A valid token wins; otherwise a known route; otherwise the hash key; a
+/// request with none of them is a new session placed by weight. A token or
+/// route that does not check out counts as no key, and the hash key (if
+/// any) places the request instead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keys<'a> {
+    /// The load-balancer token (cookie value or affinity header).
+    pub token: Option<&'a str>,
+    /// A route name (Tomcat-style `jvmRoute` suffix).
+    pub route: Option<&'a str>,
+    /// A key for consistent hashing (header, app cookie, query, client IP).
+    pub hash: Option<&'a [u8]>,
+    /// Whether to produce a token when the session needs one (new, moved,
+    /// refreshed).
+    pub issue_token: bool,
+}
+
+impl<'a> Keys<'a> {
+    /// No keys, no token issued.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the token.
+    pub fn token(mut self, token: &'a str) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Sets the route name.
+    pub fn route(mut self, route: &'a str) -> Self {
+        self.route = Some(route);
+        self
+    }
+
+    /// Sets the hash key.
+    pub fn hash(mut self, key: &'a [u8]) -> Self {
+        self.hash = Some(key);
+        self
+    }
+
+    /// Asks for a token when the session needs one.
+    pub fn issue_token(mut self) -> Self {
+        self.issue_token = true;
+        self
+    }
+}
+
+/// The result of [`Snapshot::decide`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Index of the chosen member in the snapshot, `None` when rejected.
+    pub backend: Option<usize>,
+    /// How the request was placed.
+    pub outcome: Outcome,
+    /// A token to send to the client, when one is due.
+    pub token: Option<String>,
+    /// The stable hash of the hash key, kept for retries.
+    hash: Option<u64>,
+}
+
+impl Decision {
+    fn rejected(reason: Reason) -> Decision {
+        Decision {
+            backend: None,
+            outcome: Outcome::Rejected(reason),
+            token: None,
+            hash: None,
+        }
+    }
+}
+
+/// A bound session's origin, for deciding about tokens.
+enum Bound<'t> {
+    Token(&'t OpenedToken),
+    Route,
+    Hash(u64),
+}
+
+impl Snapshot {
+    /// Decides where a request with `keys` goes at `now` (time since the
+    /// Unix epoch, from the wall clock so that replicas agree).
+    ///
+    /// Counts the decision in the chosen backend's counters.
+    pub fn decide(&self, keys: &Keys<'_>, now: Duration) -> Decision {
+        let hash = keys.hash.map(|k| stable_hash(self.config.hash_seed, k));
+        if let Some(text) = keys.token {
+            match self.config.tokens.open(text, now) {
+                Ok(token) => return self.from_token(&token, keys, hash, now),
+                Err(e) => {
+                    let outcome = if e.is_expiry() {
+                        Outcome::Expired
+                    } else {
+                        Outcome::Invalid
+                    };
+                    return self.fresh(outcome, None, hash, keys, now, None);
+                }
+            }
+        }
+        if let Some(route) = keys.route {
+            return match self.routes.get(route) {
+                Some(&m) => self.bound(m, Bound::Route, keys, hash, now),
+                None => self.fresh(Outcome::Invalid, None, hash, keys, now, None),
+            };
+        }
+        if let Some(h) = hash {
+            if let Some(m) = self.keyed_owner(h) {
+                return self.bound(m, Bound::Hash(h), keys, hash, now);
+            }
+        }
+        self.fresh(Outcome::New, None, hash, keys, now, None)
+    }
+
+    /// Places a request again after its backend `failed` before anything
+    /// was sent (a connection error): the next candidate of its key, or
+    /// another backend by weight, with a new token. A bound session in
+    /// strict mode is rejected instead.
+    pub fn retry(&self, previous: &Decision, failed: usize, keys: &Keys<'_>, now: Duration) -> Decision {
+        let reason = Reason::Unhealthy;
+        if previous.outcome.is_hit() && self.config.failover == crate::FailoverPolicy::Strict {
+            return Decision::rejected(reason);
+        }
+        let group = Some(self.members[failed].group);
+        self.fresh(Outcome::Failover(reason), group, previous.hash, keys, now, Some(failed as u32))
+    }
+
+    fn from_token(&self, token: &OpenedToken, keys: &Keys<'_>, hash: Option<u64>, now: Duration) -> Decision {
+        let tags = &self.tags[token.key];
+        match tags.backends.get(&token.backend_tag) {
+            Some(&m) => self.bound(m, Bound::Token(token), keys, hash, now),
+            None => {
+                let group = tags.groups.get(&token.group_tag).copied();
+                self.failover(Reason::Removed, group, hash, keys, now, None)
+            }
+        }
+    }
+
+    fn bound(&self, m: u32, how: Bound<'_>, keys: &Keys<'_>, hash: Option<u64>, now: Duration) -> Decision {
+        let member = &self.members[m as usize];
+        if !(member.spec().keeps_bound() && member.stats().admit(&self.config.health, now)) {
+            let reason = if member.spec().state == crate::BackendState::Disabled {
+                Reason::Disabled
+            } else {
+                Reason::Unhealthy
+            };
+            return self.failover(reason, Some(member.group), hash, keys, now, Some(m));
+        }
+        if let (Bound::Hash(h), Some(c)) = (&how, self.config.keyed_bound) {
+            if !self.fits(m, c) {
+                // Consistent hashing with bounded loads: pass the key on.
+                if let Some(next) = self.keyed_pick(*h, Some(member.group), now, None, true) {
+                    return self.placed(next, Outcome::Hit, keys, hash, now, None);
+                }
+            }
+        }
+        let (outcome, issued) = match how {
+            Bound::Token(t) if t.refresh_due => {
+                (Outcome::Refreshed, Some(Duration::from_secs(u64::from(t.issued))))
+            }
+            Bound::Token(_) => (Outcome::Hit, None),
+            // No token yet: one is issued if asked for.
+            Bound::Route | Bound::Hash(_) => (Outcome::Hit, Some(now)),
+        };
+        member.stats().count_hit();
+        let token = issued
+            .filter(|_| keys.issue_token)
+            .map(|issued| self.seal(m, issued, now));
+        Decision {
+            backend: Some(m as usize),
+            outcome,
+            token,
+            hash,
+        }
+    }
+
+    fn failover(
+        &self,
+        reason: Reason,
+        group: Option<u32>,
+        hash: Option<u64>,
+        keys: &Keys<'_>,
+        now: Duration,
+        exclude: Option<u32>,
+    ) -> Decision {
+        match self.config.failover {
+            crate::FailoverPolicy::Strict => Decision::rejected(reason),
+            crate::FailoverPolicy::Rebalance => {
+                self.fresh(Outcome::Failover(reason), group, hash, keys, now, exclude)
+            }
+        }
+    }
+
+    /// Starts a session: by the hash key's candidates if there is one,
+    /// else by the weighted schedule.
+    fn fresh(
+        &self,
+        outcome: Outcome,
+        group: Option<u32>,
+        hash: Option<u64>,
+        keys: &Keys<'_>,
+        now: Duration,
+        exclude: Option<u32>,
+    ) -> Decision {
+        let bounded = self.config.keyed_bound.is_some();
+        let pick = match hash {
+            Some(h) => self.keyed_pick(h, group, now, exclude, bounded),
+            None => self.scheduled_pick(group, now, exclude),
+        };
+        match pick {
+            Some(m) => self.placed(m, outcome, keys, hash, now, Some(now)),
+            None => Decision::rejected(Reason::Unavailable),
+        }
+    }
+
+    fn placed(
+        &self,
+        m: u32,
+        outcome: Outcome,
+        keys: &Keys<'_>,
+        hash: Option<u64>,
+        now: Duration,
+        issued: Option<Duration>,
+    ) -> Decision {
+        let stats = self.members[m as usize].stats();
+        match outcome {
+            Outcome::Failover(_) => stats.count_failover(),
+            Outcome::Hit | Outcome::Refreshed => stats.count_hit(),
+            _ => stats.count_new_session(),
+        }
+        let token = keys
+            .issue_token
+            .then(|| self.seal(m, issued.unwrap_or(now), now));
+        Decision {
+            backend: Some(m as usize),
+            outcome,
+            token,
+            hash,
+        }
+    }
+
+    fn seal(&self, m: u32, issued: Duration, now: Duration) -> String {
+        let member = &self.members[m as usize];
+        let group_tag = self.member_group(m).tag;
+        self.config.tokens.seal(member.tag, group_tag, issued, now)
+    }
+
+    /// Takes a new session now: active, weighted, healthy (claims the
+    /// half-open probe if one is due), not excluded.
+    fn takes_new(&self, m: u32, now: Duration, exclude: Option<u32>) -> bool {
+        let member = &self.members[m as usize];
+        Some(m) != exclude
+            && member.spec().takes_new()
+            && member.stats().admit(&self.config.health, now)
+    }
+
+    /// Under the load bound `c`: in-flight load per unit of weight at most
+    /// `c` × the average, counting the request about to be placed.
+    fn fits(&self, m: u32, c: f64) -> bool {
+        let member = &self.members[m as usize];
+        if self.new_weight == 0 || member.spec().weight == 0 {
+            return true;
+        }
+        let total = (self.load.load(Relaxed) + 1) as f64;
+        let limit = (c * total * f64::from(member.spec().weight) / self.new_weight as f64).ceil();
+        (member.stats().in_flight() + 1) as f64 <= limit
+    }
+
+    fn scheduled_pick(&self, group: Option<u32>, now: Duration, exclude: Option<u32>) -> Option<u32> {
+        if let Some(m) = group.and_then(|g| self.pick_in_group(g, now, exclude)) {
+            return Some(m);
+        }
+        if self.groups.len() == 1 {
+            return if group == Some(0) {
+                None
+            } else {
+                self.pick_in_group(0, now, exclude)
+            };
+        }
+        if self.group_schedule.len() > 0 {
+            let g = self.group_schedule.at(self.next_group.fetch_add(1, Relaxed));
+            if Some(g) != group {
+                if let Some(m) = self.pick_in_group(g, now, exclude) {
+                    return Some(m);
+                }
+            }
+        }
+        // The weighted choice could not serve: any group that can.
+        (0..self.groups.len() as u32)
+            .filter(|&g| Some(g) != group)
+            .find_map(|g| self.pick_in_group(g, now, exclude))
+    }
+
+    fn pick_in_group(&self, g: u32, now: Duration, exclude: Option<u32>) -> Option<u32> {
+        let group = &self.groups[g as usize];
+        let len = group.schedule.len() as u64;
+        if len == 0 {
+            return None;
+        }
+        let bound = self.config.new_session_bound;
+        let fits = |m: u32| bound.is_none_or(|c| self.fits(m, c));
+        let n = group.next.fetch_add(1, Relaxed);
+        for k in 0..len.min(8) {
+            let m = group.schedule.at(n.wrapping_add(k));
+            if fits(m) && self.takes_new(m, now, exclude) {
+                return Some(m);
+            }
+        }
+        // Rare: the next entries are all out or over the bound. Scan.
+        let count = group.members.len();
+        let start = (n % count as u64) as usize;
+        let order = || (0..count).map(|i| group.members[(start + i) % count]);
+        order()
+            .find(|&m| fits(m) && self.takes_new(m, now, exclude))
+            .or_else(|| order().find(|&m| self.takes_new(m, now, exclude)))
+    }
+
+    /// The owner of `hash`: in the first group (by weighted rendezvous)
+    /// that has a ring.
+    fn keyed_owner(&self, hash: u64) -> Option<u32> {
+        let g = *self.keyed_groups(hash, None).first()?;
+        Some(self.groups[g as usize].ring.first(hash))
+    }
+
+    /// Groups in the keyed order of `hash`, `preferred` first.
+    fn keyed_groups(&self, hash: u64, preferred: Option<u32>) -> Vec<u32> {
+        let usable = |g: &crate::snapshot::Group| g.weight > 0 && !g.ring.is_empty();
+        if self.groups.len() == 1 {
+            return if usable(&self.groups[0]) { vec![0] } else { vec![] };
+        }
+        // Weighted rendezvous: the lowest -ln(u)/w wins.
+        let mut scored: Vec<(f64, u32)> = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| usable(g))
+            .map(|(i, g)| {
+                let name = g.id.as_ref().map_or("", |id| id.as_str());
+                let u = ((stable_hash(hash, name.as_bytes()) >> 11) + 1) as f64 / (1u64 << 53) as f64;
+                (-u.ln() / f64::from(g.weight), i as u32)
+            })
+            .collect();
+        scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut order: Vec<u32> = scored.into_iter().map(|(_, g)| g).collect();
+        if let Some(p) = preferred {
+            if let Some(at) = order.iter().position(|&g| g == p) {
+                order[..=at].rotate_right(1);
+            }
+        }
+        order
+    }
+
+    /// The first candidate of `hash` that takes new sessions (and fits the
+    /// keyed bound, if `bounded`), `group` first.
+    fn keyed_pick(
+        &self,
+        hash: u64,
+        group: Option<u32>,
+        now: Duration,
+        exclude: Option<u32>,
+        bounded: bool,
+    ) -> Option<u32> {
+        let groups = self.keyed_groups(hash, group);
+        let bound = self.config.keyed_bound.filter(|_| bounded);
+        let walk = |with_bound: bool| {
+            groups.iter().find_map(|&g| {
+                self.groups[g as usize].ring.candidates(hash).find(|&m| {
+                    (!with_bound || bound.is_none_or(|c| self.fits(m, c))) && self.takes_new(m, now, exclude)
+                })
+            })
+        };
+        walk(true).or_else(|| if bound.is_some() { walk(false) } else { None })
+    }
+}

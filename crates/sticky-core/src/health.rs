@@ -1,0 +1,254 @@
+//! Passive health and per-backend counters, all lock-free.
+//!
+//! A backend that fails `failure_threshold` requests in a row is marked
+//! unhealthy for `cooldown`. When the cooldown has passed, exactly one request
+//! is let through as a probe (half-open); its success restores the backend,
+//! its failure starts another cooldown.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use sticky_core::{BackendStats, HealthPolicy};
+//!
+//! let policy = HealthPolicy { failure_threshold: 2, cooldown: Duration::from_secs(10) };
+//! let stats = BackendStats::default();
+//! let t0 = Duration::from_secs(1_000);
+//!
+//! stats.record_failure(&policy, t0);
+//! assert!(stats.admit(&policy, t0));
+//! stats.record_failure(&policy, t0);
+//! assert!(!stats.admit(&policy, t0), "two failures in a row: unhealthy");
+//!
+//! let later = t0 + Duration::from_secs(10);
+//! assert!(stats.admit(&policy, later), "after the cooldown one probe goes through");
+//! assert!(!stats.admit(&policy, later), "but only one");
+//! stats.record_success();
+//! assert!(stats.admit(&policy, later), "the probe succeeded: healthy again");
+//! ```
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// When passive health takes a backend out and how long for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Consecutive failures that mark a backend unhealthy (0 disables
+    /// passive health).
+    pub failure_threshold: u32,
+    /// How long an unhealthy backend rests before one probe is let through.
+    pub cooldown: Duration,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            cooldown: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Live counters and health of one backend.
+///
+/// Shared by every snapshot that contains the backend, so counters survive
+/// configuration changes. All updates are single atomic operations.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    requests: AtomicU64,
+    new_sessions: AtomicU64,
+    hits: AtomicU64,
+    failovers: AtomicU64,
+    failures: AtomicU64,
+    in_flight: AtomicU64,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since the epoch until which the backend rests; 0 = healthy.
+    down_until_ms: AtomicU64,
+    /// When the current half-open probe was let through; 0 = none.
+    probe_at_ms: AtomicU64,
+}
+
+/// A plain copy of a backend's counters, for dashboards and admin APIs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests dispatched to the backend.
+    pub requests: u64,
+    /// Sessions started on the backend (new, expired, invalid or failed over).
+    pub new_sessions: u64,
+    /// Requests of bound sessions that reached their backend.
+    pub hits: u64,
+    /// Sessions moved to this backend because their own could not serve.
+    pub failovers: u64,
+    /// Requests that failed (errors, and configured 5xx statuses).
+    pub failures: u64,
+    /// Requests under way now.
+    pub in_flight: u64,
+}
+
+fn millis(t: Duration) -> u64 {
+    // Never 0, which means "healthy" / "no probe".
+    (t.as_millis() as u64).max(1)
+}
+
+impl BackendStats {
+    /// A copy of the counters.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            requests: self.requests.load(Relaxed),
+            new_sessions: self.new_sessions.load(Relaxed),
+            hits: self.hits.load(Relaxed),
+            failovers: self.failovers.load(Relaxed),
+            failures: self.failures.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+        }
+    }
+
+    /// Requests under way now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Counts a dispatched request and marks it in flight; pair with
+    /// [`finish_request`](Self::finish_request).
+    pub fn start_request(&self) {
+        self.requests.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// Marks a request started with [`start_request`](Self::start_request)
+    /// as done.
+    pub fn finish_request(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn count_new_session(&self) {
+        self.new_sessions.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_hit(&self) {
+        self.hits.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_failover(&self) {
+        self.failovers.fetch_add(1, Relaxed);
+        self.new_sessions.fetch_add(1, Relaxed);
+    }
+
+    /// Records a successful request: resets the failure streak and restores
+    /// an unhealthy backend.
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+        if self.down_until_ms.load(Relaxed) != 0 {
+            self.down_until_ms.store(0, Relaxed);
+            self.probe_at_ms.store(0, Relaxed);
+        }
+    }
+
+    /// Records a failed request at `now` (time since the Unix epoch).
+    pub fn record_failure(&self, policy: &HealthPolicy, now: Duration) {
+        self.failures.fetch_add(1, Relaxed);
+        let streak = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if policy.failure_threshold != 0 && streak >= policy.failure_threshold {
+            self.down_until_ms
+                .store(millis(now + policy.cooldown), Relaxed);
+            self.probe_at_ms.store(0, Relaxed);
+        }
+    }
+
+    /// Whether passive health has the backend resting at `now` (a probe may
+    /// still be due; this does not claim it).
+    pub fn is_down(&self, now: Duration) -> bool {
+        let until = self.down_until_ms.load(Relaxed);
+        until != 0 && (millis(now) < until || self.probe_at_ms.load(Relaxed) != 0)
+    }
+
+    /// Whether a request may go to this backend at `now`.
+    ///
+    /// Healthy: always. Resting: no. Cooldown over: `true` for exactly one
+    /// caller (the half-open probe); another probe is allowed if that one
+    /// has not reported within a further cooldown.
+    pub fn admit(&self, policy: &HealthPolicy, now: Duration) -> bool {
+        let until = self.down_until_ms.load(Relaxed);
+        if until == 0 {
+            return true;
+        }
+        let now_ms = millis(now);
+        if now_ms < until {
+            return false;
+        }
+        let probe = self.probe_at_ms.load(Relaxed);
+        let stale = probe != 0 && now_ms >= probe.saturating_add(millis(policy.cooldown));
+        (probe == 0 || stale)
+            && self
+                .probe_at_ms
+                .compare_exchange(probe, now_ms, Relaxed, Relaxed)
+                .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> HealthPolicy {
+        HealthPolicy {
+            failure_threshold: 3,
+            cooldown: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn success_breaks_the_failure_streak() {
+        let s = BackendStats::default();
+        let now = Duration::from_secs(100);
+        s.record_failure(&policy(), now);
+        s.record_failure(&policy(), now);
+        s.record_success();
+        s.record_failure(&policy(), now);
+        assert!(s.admit(&policy(), now));
+        assert_eq!(s.counters().failures, 3);
+    }
+
+    #[test]
+    fn failed_probe_rests_again() {
+        let s = BackendStats::default();
+        let now = Duration::from_secs(100);
+        for _ in 0..3 {
+            s.record_failure(&policy(), now);
+        }
+        assert!(s.is_down(now));
+        let later = now + Duration::from_secs(5);
+        assert!(s.admit(&policy(), later));
+        s.record_failure(&policy(), later);
+        assert!(!s.admit(&policy(), later + Duration::from_secs(4)));
+        assert!(s.admit(&policy(), later + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn lost_probe_is_replaced_after_another_cooldown() {
+        let s = BackendStats::default();
+        let now = Duration::from_secs(100);
+        for _ in 0..3 {
+            s.record_failure(&policy(), now);
+        }
+        let t = now + Duration::from_secs(5);
+        assert!(s.admit(&policy(), t));
+        assert!(!s.admit(&policy(), t + Duration::from_secs(1)));
+        assert!(s.admit(&policy(), t + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn zero_threshold_never_marks_down() {
+        let s = BackendStats::default();
+        let p = HealthPolicy {
+            failure_threshold: 0,
+            ..policy()
+        };
+        for _ in 0..100 {
+            s.record_failure(&p, Duration::from_secs(1));
+        }
+        assert!(s.admit(&p, Duration::from_secs(1)));
+    }
+}

@@ -1,0 +1,230 @@
+//! The pool: the current [`Snapshot`], swapped whole on every change.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::backend::{BackendSpec, BackendState, GroupId};
+use crate::decide::FailoverPolicy;
+use crate::health::HealthPolicy;
+use crate::snapshot::{ConfigError, Membership, Snapshot};
+use crate::token::TokenCodec;
+
+/// Settings that hold for the life of a pool.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Seals and opens affinity tokens.
+    pub tokens: TokenCodec,
+    /// What happens to a session whose backend cannot serve it.
+    pub failover: FailoverPolicy,
+    /// Passive health.
+    pub health: HealthPolicy,
+    /// Bounded load for new sessions: none takes a backend whose in-flight
+    /// load per unit of weight exceeds this factor times the average.
+    pub new_session_bound: Option<f64>,
+    /// Bounded load for keyed placement (consistent hashing with bounded
+    /// loads): an overloaded owner passes the key to its next candidate.
+    pub keyed_bound: Option<f64>,
+    /// Seed of the stable hash for keyed placement; the same on every
+    /// replica (see [`hash`](crate::hash)).
+    pub hash_seed: u64,
+    /// Where the new-session schedule starts. Give each replica a random
+    /// value so that replicas that start together do not send their first
+    /// sessions to the same backend.
+    pub schedule_seed: u64,
+}
+
+impl PoolConfig {
+    /// Defaults: rebalance on failover, default passive health, no load
+    /// bounds, hash seed 0, schedule seed 0.
+    pub fn new(tokens: TokenCodec) -> Self {
+        Self {
+            tokens,
+            failover: FailoverPolicy::Rebalance,
+            health: HealthPolicy::default(),
+            new_session_bound: None,
+            keyed_bound: None,
+            hash_seed: 0,
+            schedule_seed: 0,
+        }
+    }
+
+    /// Sets the failover policy.
+    pub fn failover(mut self, policy: FailoverPolicy) -> Self {
+        self.failover = policy;
+        self
+    }
+
+    /// Sets the passive health policy.
+    pub fn health(mut self, policy: HealthPolicy) -> Self {
+        self.health = policy;
+        self
+    }
+
+    /// Bounds new sessions to `factor` × the average load (e.g. 1.25).
+    pub fn new_session_bound(mut self, factor: f64) -> Self {
+        self.new_session_bound = Some(factor);
+        self
+    }
+
+    /// Bounds keyed placement to `factor` × the average load.
+    pub fn keyed_bound(mut self, factor: f64) -> Self {
+        self.keyed_bound = Some(factor);
+        self
+    }
+
+    /// Sets the keyed-placement hash seed.
+    pub fn hash_seed(mut self, seed: u64) -> Self {
+        self.hash_seed = seed;
+        self
+    }
+
+    /// Sets the schedule seed.
+    pub fn schedule_seed(mut self, seed: u64) -> Self {
+        self.schedule_seed = seed;
+        self
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for c in [self.new_session_bound, self.keyed_bound].into_iter().flatten() {
+            if !(c >= 1.0) {
+                return Err(ConfigError::LoadBound(c));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The live pool: readers [`load`](Pool::load) the current snapshot without
+/// a lock; each change builds a new snapshot aside and publishes it in one
+/// atomic swap, so no reader sees half an update.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
+/// use sticky_core::{BackendSpec, Keys, Membership, Outcome, Pool, PoolConfig};
+///
+/// let keys = KeyRing::new(["change me: at least sixteen bytes"]).unwrap();
+/// let config = PoolConfig::new(TokenCodec::new(keys, TokenConfig::new("sticky")));
+/// let pool = Pool::new(
+///     config,
+///     Membership::new()
+///         .with(BackendSpec::new("b1"))
+///         .with(BackendSpec::new("b2").weight(3)),
+/// )
+/// .unwrap();
+/// let now = Duration::from_secs(1_700_000_000);
+///
+/// // A new session gets a backend and a token...
+/// let before = pool.load();
+/// let first = before.decide(&Keys::new().issue_token(), now);
+/// assert_eq!(first.outcome, Outcome::New);
+/// let token = first.token.clone().unwrap();
+///
+/// // ...and comes back to it, even after the pool changed.
+/// pool.add(BackendSpec::new("a0")).unwrap();
+/// let after = pool.load();
+/// let again = after.decide(&Keys::new().issue_token().token(&token), now);
+/// assert_eq!(again.outcome, Outcome::Hit);
+/// assert_eq!(
+///     after.member(again.backend.unwrap()).id(),
+///     before.member(first.backend.unwrap()).id(),
+/// );
+/// ```
+#[derive(Debug)]
+pub struct Pool {
+    config: Arc<PoolConfig>,
+    current: ArcSwap<Snapshot>,
+    /// Serialises writers (never taken by readers).
+    writer: Mutex<()>,
+}
+
+impl Pool {
+    /// A pool of `membership` under `config`.
+    pub fn new(config: PoolConfig, membership: Membership) -> Result<Pool, ConfigError> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let seed = config.schedule_seed;
+        let first = Snapshot::build(Arc::clone(&config), membership, None, 0, seed)?;
+        Ok(Pool {
+            config,
+            current: ArcSwap::from_pointee(first),
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// The current snapshot.
+    #[inline]
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The pool's settings.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// Applies `change` to a copy of the membership and publishes the
+    /// result as one new snapshot. Nothing is published if `change` or the
+    /// build fails.
+    pub fn update<F>(&self, change: F) -> Result<Arc<Snapshot>, ConfigError>
+    where
+        F: FnOnce(&mut Membership) -> Result<(), ConfigError>,
+    {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let mut membership = old.membership().clone();
+        change(&mut membership)?;
+        let next = Arc::new(Snapshot::build(
+            Arc::clone(&self.config),
+            membership,
+            Some(&old),
+            old.generation() + 1,
+            self.config.schedule_seed,
+        )?);
+        self.current.store(Arc::clone(&next));
+        Ok(next)
+    }
+
+    /// Adds a backend.
+    pub fn add(&self, spec: BackendSpec) -> Result<Arc<Snapshot>, ConfigError> {
+        self.update(|m| m.add(spec))
+    }
+
+    /// Removes a backend; its sessions fail over (or are rejected in strict
+    /// mode) on their next request.
+    pub fn remove(&self, id: &str) -> Result<Arc<Snapshot>, ConfigError> {
+        self.update(|m| m.remove(id).map(drop))
+    }
+
+    /// Sets a backend's weight (0 drains).
+    pub fn set_weight(&self, id: &str, weight: u32) -> Result<Arc<Snapshot>, ConfigError> {
+        self.update(|m| {
+            m.get_mut(id)?.weight = weight;
+            Ok(())
+        })
+    }
+
+    /// Sets a backend's administrative state (drain, disable, enable).
+    pub fn set_state(&self, id: &str, state: BackendState) -> Result<Arc<Snapshot>, ConfigError> {
+        self.update(|m| {
+            m.get_mut(id)?.state = state;
+            Ok(())
+        })
+    }
+
+    /// Sets a group's weight.
+    pub fn set_group_weight(
+        &self,
+        group: impl Into<GroupId>,
+        weight: u32,
+    ) -> Result<Arc<Snapshot>, ConfigError> {
+        let group = group.into();
+        self.update(|m| {
+            m.set_group_weight(group, weight);
+            Ok(())
+        })
+    }
+}
