@@ -21,7 +21,9 @@ fn main() {
             .with(BackendSpec::new("b3").weight(1)),
     )
     .expect("a valid pool");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
 
     // 10,000 new sessions, each keeping the token it was given.
     let snapshot = pool.load();
@@ -31,7 +33,10 @@ fn main() {
         let backend = snapshot.member(d.backend.expect("a backend")).id().clone();
         sessions.push((d.token.expect("a token"), backend));
     }
-    report("new sessions, weights 1:2:1", sessions.iter().map(|s| s.1.to_string()));
+    report(
+        "new sessions, weights 1:2:1",
+        sessions.iter().map(|s| s.1.to_string()),
+    );
 
     let mut step = |title: &str, pool: &Pool| {
         let snapshot = pool.load();
@@ -47,12 +52,16 @@ fn main() {
             }
             *backend = now_on;
         }
-        println!("{title}: {stayed} of {} sessions stayed; outcomes {outcomes:?}", sessions.len());
+        println!(
+            "{title}: {stayed} of {} sessions stayed; outcomes {outcomes:?}",
+            sessions.len()
+        );
         report("  now on", sessions.iter().map(|s| s.1.to_string()));
     };
 
     step("every session comes back", &pool);
-    pool.set_state("b2", BackendState::Draining).expect("b2 exists");
+    pool.set_state("b2", BackendState::Draining)
+        .expect("b2 exists");
     step("b2 drains (bound sessions stay)", &pool);
     pool.remove("b3").expect("b3 exists");
     step("b3 is removed (its sessions move)", &pool);

@@ -113,7 +113,10 @@ impl fmt::Display for BackendState {
 pub struct BackendSpec {
     /// Stable name.
     pub id: BackendId,
-    /// Relative weight, `0..=MAX_WEIGHT`; 0 means draining, not gone.
+    /// Relative weight, `0..=MAX_WEIGHT`. 0 drains: sessions bound by
+    /// token or route stay, no new session comes, and keyed placement
+    /// (consistent hashing) passes the backend's keys on, as HAProxy and
+    /// Envoy do. The `Draining` state keeps keyed sessions too.
     pub weight: u32,
     /// Administrative state.
     pub state: BackendState,

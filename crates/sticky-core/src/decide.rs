@@ -187,7 +187,7 @@ impl Snapshot {
         let hash = keys.hash.map(|k| stable_hash(self.config.hash_seed, k));
         if let Some(text) = keys.token {
             match self.config.tokens.open(text, now) {
-                Ok(token) => return self.from_token(&token, keys, hash, now),
+                Ok(token) => return self.by_token(&token, keys, hash, now),
                 Err(e) => {
                     let outcome = if e.is_expiry() {
                         Outcome::Expired
@@ -216,16 +216,35 @@ impl Snapshot {
     /// was sent (a connection error): the next candidate of its key, or
     /// another backend by weight, with a new token. A bound session in
     /// strict mode is rejected instead.
-    pub fn retry(&self, previous: &Decision, failed: usize, keys: &Keys<'_>, now: Duration) -> Decision {
+    pub fn retry(
+        &self,
+        previous: &Decision,
+        failed: usize,
+        keys: &Keys<'_>,
+        now: Duration,
+    ) -> Decision {
         let reason = Reason::Unhealthy;
         if previous.outcome.is_hit() && self.config.failover == crate::FailoverPolicy::Strict {
             return Decision::rejected(reason);
         }
         let group = Some(self.members[failed].group);
-        self.fresh(Outcome::Failover(reason), group, previous.hash, keys, now, Some(failed as u32))
+        self.fresh(
+            Outcome::Failover(reason),
+            group,
+            previous.hash,
+            keys,
+            now,
+            Some(failed as u32),
+        )
     }
 
-    fn from_token(&self, token: &OpenedToken, keys: &Keys<'_>, hash: Option<u64>, now: Duration) -> Decision {
+    fn by_token(
+        &self,
+        token: &OpenedToken,
+        keys: &Keys<'_>,
+        hash: Option<u64>,
+        now: Duration,
+    ) -> Decision {
         let tags = &self.tags[token.key];
         match tags.backends.get(&token.backend_tag) {
             Some(&m) => self.bound(m, Bound::Token(token), keys, hash, now),
@@ -236,7 +255,14 @@ impl Snapshot {
         }
     }
 
-    fn bound(&self, m: u32, how: Bound<'_>, keys: &Keys<'_>, hash: Option<u64>, now: Duration) -> Decision {
+    fn bound(
+        &self,
+        m: u32,
+        how: Bound<'_>,
+        keys: &Keys<'_>,
+        hash: Option<u64>,
+        now: Duration,
+    ) -> Decision {
         let member = &self.members[m as usize];
         if !(member.spec().keeps_bound() && member.stats().admit(&self.config.health, now)) {
             let reason = if member.spec().state == crate::BackendState::Disabled {
@@ -255,9 +281,10 @@ impl Snapshot {
             }
         }
         let (outcome, issued) = match how {
-            Bound::Token(t) if t.refresh_due => {
-                (Outcome::Refreshed, Some(Duration::from_secs(u64::from(t.issued))))
-            }
+            Bound::Token(t) if t.refresh_due => (
+                Outcome::Refreshed,
+                Some(Duration::from_secs(u64::from(t.issued))),
+            ),
             Bound::Token(_) => (Outcome::Hit, None),
             // No token yet: one is issued if asked for.
             Bound::Route | Bound::Hash(_) => (Outcome::Hit, Some(now)),
@@ -366,7 +393,12 @@ impl Snapshot {
         (member.stats().in_flight() + 1) as f64 <= limit
     }
 
-    fn scheduled_pick(&self, group: Option<u32>, now: Duration, exclude: Option<u32>) -> Option<u32> {
+    fn scheduled_pick(
+        &self,
+        group: Option<u32>,
+        now: Duration,
+        exclude: Option<u32>,
+    ) -> Option<u32> {
         if let Some(m) = group.and_then(|g| self.pick_in_group(g, now, exclude)) {
             return Some(m);
         }
@@ -378,7 +410,9 @@ impl Snapshot {
             };
         }
         if self.group_schedule.len() > 0 {
-            let g = self.group_schedule.at(self.next_group.fetch_add(1, Relaxed));
+            let g = self
+                .group_schedule
+                .at(self.next_group.fetch_add(1, Relaxed));
             if Some(g) != group {
                 if let Some(m) = self.pick_in_group(g, now, exclude) {
                     return Some(m);
@@ -426,7 +460,11 @@ impl Snapshot {
     fn keyed_groups(&self, hash: u64, preferred: Option<u32>) -> Vec<u32> {
         let usable = |g: &crate::snapshot::Group| g.weight > 0 && !g.ring.is_empty();
         if self.groups.len() == 1 {
-            return if usable(&self.groups[0]) { vec![0] } else { vec![] };
+            return if usable(&self.groups[0]) {
+                vec![0]
+            } else {
+                vec![]
+            };
         }
         // Weighted rendezvous: the lowest -ln(u)/w wins.
         let mut scored: Vec<(f64, u32)> = self
@@ -436,7 +474,8 @@ impl Snapshot {
             .filter(|(_, g)| usable(g))
             .map(|(i, g)| {
                 let name = g.id.as_ref().map_or("", |id| id.as_str());
-                let u = ((stable_hash(hash, name.as_bytes()) >> 11) + 1) as f64 / (1u64 << 53) as f64;
+                let u =
+                    ((stable_hash(hash, name.as_bytes()) >> 11) + 1) as f64 / (1u64 << 53) as f64;
                 (-u.ln() / f64::from(g.weight), i as u32)
             })
             .collect();
@@ -465,7 +504,8 @@ impl Snapshot {
         let walk = |with_bound: bool| {
             groups.iter().find_map(|&g| {
                 self.groups[g as usize].ring.candidates(hash).find(|&m| {
-                    (!with_bound || bound.is_none_or(|c| self.fits(m, c))) && self.takes_new(m, now, exclude)
+                    (!with_bound || bound.is_none_or(|c| self.fits(m, c)))
+                        && self.takes_new(m, now, exclude)
                 })
             })
         };

@@ -86,8 +86,11 @@ impl PoolConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        for c in [self.new_session_bound, self.keyed_bound].into_iter().flatten() {
-            if !(c >= 1.0) {
+        for c in [self.new_session_bound, self.keyed_bound]
+            .into_iter()
+            .flatten()
+        {
+            if c.is_nan() || c < 1.0 {
                 return Err(ConfigError::LoadBound(c));
             }
         }

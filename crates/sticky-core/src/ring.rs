@@ -14,12 +14,15 @@
 
 use crate::hash::stable_hash_indexed;
 
-/// Points given to a member of the largest weight, while the total allows.
-const POINTS_AT_MAX_WEIGHT: f64 = 8192.0;
+/// Points per unit of weight, while the total allows: a member's share
+/// then strays from its weight's share by about 1/sqrt(8192) ≈ 1.1%.
+const POINTS_PER_WEIGHT: f64 = 8192.0;
 /// Total points; past this, members get proportionally fewer.
 const MAX_POINTS: f64 = (1 << 20) as f64;
-const MIN_TABLE_BITS: u32 = 10;
-const MAX_TABLE_BITS: u32 = 21;
+/// Buckets are the top 20 bits of a key's hash, whatever the membership:
+/// a resolution that changed with the member count would move keys
+/// between members that did not change.
+const TABLE_BITS: u32 = 20;
 
 /// A member to place on the ring.
 pub(crate) struct RingMember<'a> {
@@ -46,9 +49,8 @@ impl Ring {
         if members.is_empty() {
             return Ring::default();
         }
-        let max_w = members.iter().map(|m| m.weight).max().unwrap_or(1);
         let sum_w: u64 = members.iter().map(|m| u64::from(m.weight)).sum();
-        let per_weight = (POINTS_AT_MAX_WEIGHT / f64::from(max_w)).min(MAX_POINTS / sum_w as f64);
+        let per_weight = POINTS_PER_WEIGHT.min(MAX_POINTS / sum_w as f64);
         let mut points = Vec::new();
         for m in &members {
             let n = ((f64::from(m.weight) * per_weight).round() as u32).max(1);
@@ -56,14 +58,10 @@ impl Ring {
         }
         points.sort_unstable();
 
-        let bits = (points.len() as u64)
-            .next_power_of_two()
-            .trailing_zeros()
-            .clamp(MIN_TABLE_BITS, MAX_TABLE_BITS);
-        let shift = 64 - bits;
-        let mut table = Vec::with_capacity(1 << bits);
+        let shift = 64 - TABLE_BITS;
+        let mut table = Vec::with_capacity(1 << TABLE_BITS);
         let mut p = 0;
-        for bucket in 0..(1u64 << bits) {
+        for bucket in 0..(1u64 << TABLE_BITS) {
             let middle = (bucket << shift) | (1 << (shift - 1));
             while p < points.len() && points[p].0 < middle {
                 p += 1;
@@ -75,7 +73,11 @@ impl Ring {
             table: table.into(),
             shift,
             members: members.len(),
-            index_bound: members.iter().map(|m| m.index as usize + 1).max().unwrap_or(0),
+            index_bound: members
+                .iter()
+                .map(|m| m.index as usize + 1)
+                .max()
+                .unwrap_or(0),
         }
     }
 
@@ -168,8 +170,16 @@ mod tests {
     #[test]
     fn zero_weights_are_left_out() {
         let members = [
-            RingMember { index: 0, name: "a", weight: 0 },
-            RingMember { index: 1, name: "b", weight: 2 },
+            RingMember {
+                index: 0,
+                name: "a",
+                weight: 0,
+            },
+            RingMember {
+                index: 1,
+                name: "b",
+                weight: 2,
+            },
         ];
         let r = Ring::build(&members, 0);
         assert!((0..100u64).all(|k| r.first(stable_hash(1, &k.to_le_bytes())) == 1));

@@ -104,7 +104,11 @@ mod tests {
         // periods that is a run of 5. The schedule keeps runs short.
         let s = Schedule::build(&shares_named(&[5, 1, 1]));
         let seq: Vec<u32> = (0..14).map(|n| s.at(n)).collect();
-        let longest_run = seq.chunk_by(|a, b| a == b).map(|run| run.len()).max().unwrap();
+        let longest_run = seq
+            .chunk_by(|a, b| a == b)
+            .map(|run| run.len())
+            .max()
+            .unwrap();
         assert!(longest_run <= 3, "{seq:?}");
         assert_eq!(seq[..7].iter().filter(|&&m| m == 0).count(), 5);
     }

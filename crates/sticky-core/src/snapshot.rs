@@ -372,10 +372,12 @@ impl Snapshot {
                     })
                     .collect();
                 let schedule = Schedule::build(&shares);
+                // Every weighted member, whatever its state: a key whose
+                // owner can't serve reports why and walks on to the member
+                // that removing the owner would give it.
                 let ring_members: Vec<RingMember<'_>> = in_group
                     .iter()
                     .map(|&i| (i, &members[i as usize].spec))
-                    .filter(|(_, spec)| spec.keeps_bound())
                     .map(|(index, spec)| RingMember {
                         index,
                         name: spec.id.as_str(),
@@ -387,7 +389,11 @@ impl Snapshot {
                 Group {
                     weight: id.as_ref().map_or(1, |g| membership.group_weight(g)),
                     tag: keys.group_tag(0, name),
-                    next: AtomicU64::new(stable_hash_indexed(schedule_seed, name, generation as u32)),
+                    next: AtomicU64::new(stable_hash_indexed(
+                        schedule_seed,
+                        name,
+                        generation as u32,
+                    )),
                     members: in_group.into(),
                     schedule,
                     ring,

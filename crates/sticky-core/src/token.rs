@@ -334,7 +334,13 @@ impl TokenCodec {
     /// Seals a token for a backend tag and group tag (under the signing
     /// key, see [`KeyRing::backend_tag`]), issued at `issued`, last seen at
     /// `now`.
-    pub fn seal(&self, backend_tag: u64, group_tag: u32, issued: Duration, now: Duration) -> String {
+    pub fn seal(
+        &self,
+        backend_tag: u64,
+        group_tag: u32,
+        issued: Duration,
+        now: Duration,
+    ) -> String {
         let mut raw = [0u8; RAW_LEN];
         raw[0] = VERSION;
         raw[1] = self.keys.keys[0].id;
@@ -382,7 +388,10 @@ impl TokenCodec {
         let last_seen = field(18);
         let now_s = u64::from(secs(now));
         let skew = self.config.clock_skew.as_secs();
-        if u64::from(issued) > now_s + skew || u64::from(last_seen) > now_s + skew || last_seen < issued {
+        if u64::from(issued) > now_s + skew
+            || u64::from(last_seen) > now_s + skew
+            || last_seen < issued
+        {
             return Err(TokenError::FutureDated);
         }
         if let Some(max) = self.config.max_lifetime {

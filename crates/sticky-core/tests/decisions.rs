@@ -1,0 +1,412 @@
+//! What `decide` does for each kind of request and pool state.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config, keys, membership, pool, NOW};
+use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
+use sticky_core::{
+    BackendSpec, BackendState, FailoverPolicy, HealthPolicy, Keys, Membership, Outcome, Pool,
+    PoolConfig, Reason,
+};
+
+fn name(pool: &Pool, backend: Option<usize>) -> String {
+    pool.load()
+        .member(backend.expect("placed"))
+        .id()
+        .to_string()
+}
+
+/// A new session's token and the backend it is bound to.
+fn session(pool: &Pool) -> (String, String) {
+    let d = pool.load().decide(&Keys::new().issue_token(), NOW);
+    (d.token.unwrap(), name(pool, d.backend))
+}
+
+fn back(pool: &Pool, token: &str) -> sticky_core::Decision {
+    pool.load()
+        .decide(&Keys::new().issue_token().token(token), NOW)
+}
+
+#[test]
+fn a_returning_session_is_a_hit_without_a_new_cookie() {
+    let pool = pool(&[1, 1, 1]);
+    let (token, home) = session(&pool);
+    let d = back(&pool, &token);
+    assert_eq!(d.outcome, Outcome::Hit);
+    assert_eq!(d.token, None, "nothing to re-send");
+    assert_eq!(name(&pool, d.backend), home);
+}
+
+#[test]
+fn forged_and_expired_tokens_start_new_sessions() {
+    let tokens = TokenCodec::new(
+        KeyRing::new([common::SECRET]).unwrap(),
+        TokenConfig::new("sticky").max_lifetime(Duration::from_secs(60)),
+    );
+    let pool = Pool::new(PoolConfig::new(tokens), membership(&[1, 1])).unwrap();
+    let (token, _) = session(&pool);
+
+    let later = NOW + Duration::from_secs(3600);
+    let d = pool
+        .load()
+        .decide(&Keys::new().issue_token().token(&token), later);
+    assert_eq!(d.outcome, Outcome::Expired);
+    assert!(d.token.is_some() && d.backend.is_some());
+
+    let d = back(&pool, "not-a-token");
+    assert_eq!(d.outcome, Outcome::Invalid);
+    assert!(d.token.is_some() && d.backend.is_some());
+}
+
+#[test]
+fn draining_keeps_bound_sessions_and_takes_no_new_ones() {
+    let pool = pool(&[1, 1]);
+    let sessions: Vec<_> = (0..20).map(|_| session(&pool)).collect();
+    pool.set_state("b0", BackendState::Draining).unwrap();
+    for (token, home) in &sessions {
+        let d = back(&pool, token);
+        assert_eq!(d.outcome, Outcome::Hit);
+        assert_eq!(&name(&pool, d.backend), home);
+    }
+    for _ in 0..20 {
+        assert_eq!(session(&pool).1, "b1");
+    }
+    // Weight 0 drains as well.
+    pool.set_state("b0", BackendState::Active).unwrap();
+    pool.set_weight("b1", 0).unwrap();
+    for _ in 0..20 {
+        assert_eq!(session(&pool).1, "b0");
+    }
+}
+
+#[test]
+fn removal_and_disabling_fail_over_with_a_new_token() {
+    let pool = pool(&[1, 1, 1]);
+    let sessions: Vec<_> = (0..30).map(|_| session(&pool)).collect();
+    pool.remove("b0").unwrap();
+    pool.set_state("b1", BackendState::Disabled).unwrap();
+    for (token, home) in &sessions {
+        let d = back(&pool, token);
+        match home.as_str() {
+            "b0" => assert_eq!(d.outcome, Outcome::Failover(Reason::Removed)),
+            "b1" => assert_eq!(d.outcome, Outcome::Failover(Reason::Disabled)),
+            _ => assert_eq!(d.outcome, Outcome::Hit),
+        }
+        assert_eq!(name(&pool, d.backend), "b2");
+        if d.outcome != Outcome::Hit {
+            let moved = d.token.expect("a new token");
+            assert_eq!(back(&pool, &moved).outcome, Outcome::Hit, "and it sticks");
+        }
+    }
+}
+
+#[test]
+fn strict_mode_rejects_instead_of_moving() {
+    let pool = Pool::new(
+        config().failover(FailoverPolicy::Strict),
+        membership(&[1, 1]),
+    )
+    .unwrap();
+    let sessions: Vec<_> = (0..10).map(|_| session(&pool)).collect();
+    pool.remove("b0").unwrap();
+    for (token, home) in &sessions {
+        let d = back(&pool, token);
+        if home == "b0" {
+            assert_eq!(d.outcome, Outcome::Rejected(Reason::Removed));
+            assert_eq!((d.backend, d.token), (None, None));
+        } else {
+            assert_eq!(d.outcome, Outcome::Hit);
+        }
+    }
+}
+
+#[test]
+fn an_empty_pool_rejects_as_unavailable() {
+    let pool = Pool::new(config(), Membership::new()).unwrap();
+    let d = pool.load().decide(&Keys::new().issue_token(), NOW);
+    assert_eq!(d.outcome, Outcome::Rejected(Reason::Unavailable));
+    let d = pool.load().decide(&Keys::new().hash(b"k"), NOW);
+    assert_eq!(d.outcome, Outcome::Rejected(Reason::Unavailable));
+}
+
+#[test]
+fn passive_health_fails_over_then_probes_back() {
+    let health = HealthPolicy {
+        failure_threshold: 2,
+        cooldown: Duration::from_secs(10),
+    };
+    let pool = Pool::new(config().health(health), membership(&[1, 1])).unwrap();
+    let (token, home) = session(&pool);
+    let stats = pool.load().member_by_name(&home).unwrap().stats().clone();
+    stats.record_failure(&health, NOW);
+    stats.record_failure(&health, NOW);
+    assert_eq!(
+        pool.load().member_by_name(&home).unwrap().state(NOW),
+        BackendState::Unhealthy
+    );
+
+    let d = back(&pool, &token);
+    assert_eq!(d.outcome, Outcome::Failover(Reason::Unhealthy));
+    assert_ne!(name(&pool, d.backend), home);
+
+    // After the cooldown, exactly one request probes the backend.
+    let later = NOW + Duration::from_secs(10);
+    let probe = pool.load().decide(&Keys::new().token(&token), later);
+    assert_eq!(probe.outcome, Outcome::Hit);
+    let next = pool.load().decide(&Keys::new().token(&token), later);
+    assert_eq!(next.outcome, Outcome::Failover(Reason::Unhealthy));
+    stats.record_success();
+    assert_eq!(
+        pool.load()
+            .decide(&Keys::new().token(&token), later)
+            .outcome,
+        Outcome::Hit
+    );
+}
+
+#[test]
+fn hash_keys_stick_and_fail_over_to_their_next_candidate() {
+    let pool = pool(&[1, 1, 1, 1]);
+    let keys = keys(400, 3);
+    let homes: Vec<String> = keys
+        .iter()
+        .map(|k| name(&pool, pool.load().decide(&Keys::new().hash(k), NOW).backend))
+        .collect();
+    pool.set_state("b2", BackendState::Disabled).unwrap();
+    let snapshot = pool.load();
+    for (k, home) in keys.iter().zip(&homes) {
+        let d = snapshot.decide(&Keys::new().hash(k), NOW);
+        if home == "b2" {
+            assert_eq!(d.outcome, Outcome::Failover(Reason::Disabled));
+        } else {
+            assert_eq!(
+                (d.outcome, name(&pool, d.backend)),
+                (Outcome::Hit, home.clone())
+            );
+        }
+        // Failover is deterministic: every replica moves the key to the same place.
+        assert_eq!(
+            d.backend,
+            snapshot.decide(&Keys::new().hash(k), NOW).backend
+        );
+    }
+    // Removing b2 sends its keys exactly where failover did.
+    let failed_over: Vec<_> = keys
+        .iter()
+        .map(|k| name(&pool, snapshot.decide(&Keys::new().hash(k), NOW).backend))
+        .collect();
+    pool.remove("b2").unwrap();
+    let after: Vec<_> = keys
+        .iter()
+        .map(|k| name(&pool, pool.load().decide(&Keys::new().hash(k), NOW).backend))
+        .collect();
+    assert_eq!(failed_over, after);
+}
+
+#[test]
+fn routes_map_to_backends_and_unknown_routes_are_invalid() {
+    let pool = Pool::new(
+        config(),
+        Membership::new()
+            .with(BackendSpec::new("10.0.0.1:8080").route("node1"))
+            .with(BackendSpec::new("10.0.0.2:8080").route("node2")),
+    )
+    .unwrap();
+    for _ in 0..5 {
+        let d = pool.load().decide(&Keys::new().route("node2"), NOW);
+        assert_eq!(
+            (d.outcome, name(&pool, d.backend)),
+            (Outcome::Hit, "10.0.0.2:8080".into())
+        );
+    }
+    let d = pool.load().decide(&Keys::new().route("10.0.0.1:8080"), NOW);
+    assert_eq!(
+        d.outcome,
+        Outcome::Invalid,
+        "names are not routes once a route is set"
+    );
+    let d = pool.load().decide(&Keys::new().route("node9"), NOW);
+    assert_eq!(d.outcome, Outcome::Invalid);
+    assert!(d.backend.is_some());
+}
+
+#[test]
+fn groups_split_new_sessions_by_group_weight_and_keep_failover_inside_the_group() {
+    let pool = Pool::new(
+        config(),
+        Membership::new()
+            .with(BackendSpec::new("v1-a").group("v1"))
+            .with(BackendSpec::new("v1-b").group("v1"))
+            .with(BackendSpec::new("v2-a").group("v2"))
+            .with(BackendSpec::new("v2-b").group("v2"))
+            .with_group_weight("v1", 3)
+            .with_group_weight("v2", 1),
+    )
+    .unwrap();
+    let sessions: Vec<_> = (0..400).map(|_| session(&pool)).collect();
+    let v2 = sessions.iter().filter(|s| s.1.starts_with("v2")).count();
+    assert_eq!(v2, 100, "one in four new sessions goes to v2");
+
+    pool.remove("v2-a").unwrap();
+    for (token, home) in sessions.iter().filter(|s| s.1 == "v2-a") {
+        let d = back(&pool, token);
+        assert_eq!(d.outcome, Outcome::Failover(Reason::Removed), "{home}");
+        assert_eq!(name(&pool, d.backend), "v2-b", "stays on its version");
+    }
+}
+
+#[test]
+fn rotated_keys_still_route_and_refresh_to_the_new_key() {
+    let old = KeyRing::new(["the old secret, still listed...."]).unwrap();
+    let both = KeyRing::new([
+        "the new secret, signs from today",
+        "the old secret, still listed....",
+    ])
+    .unwrap();
+    let before = Pool::new(
+        PoolConfig::new(TokenCodec::new(old, TokenConfig::new("sticky"))),
+        membership(&[1, 1, 1]),
+    )
+    .unwrap();
+    let after = Pool::new(
+        PoolConfig::new(TokenCodec::new(both, TokenConfig::new("sticky"))),
+        membership(&[1, 1, 1]),
+    )
+    .unwrap();
+    for _ in 0..10 {
+        let (token, home) = session(&before);
+        let d = back(&after, &token);
+        assert_eq!(d.outcome, Outcome::Refreshed);
+        assert_eq!(name(&after, d.backend), home);
+        let renewed = d.token.expect("re-signed");
+        assert_eq!(back(&after, &renewed).outcome, Outcome::Hit);
+    }
+}
+
+#[test]
+fn refresh_renews_last_seen_but_keeps_the_issue_time() {
+    let tokens = TokenCodec::new(
+        KeyRing::new([common::SECRET]).unwrap(),
+        TokenConfig::new("sticky")
+            .idle_timeout(Duration::from_secs(100))
+            .max_lifetime(Duration::from_secs(1000)),
+    );
+    let codec = tokens.clone();
+    let pool = Pool::new(PoolConfig::new(tokens), membership(&[1, 1])).unwrap();
+    let (mut token, home) = session(&pool);
+    // Active every 60 s: the idle timeout never trips, the lifetime does.
+    let mut t = NOW;
+    loop {
+        t += Duration::from_secs(60);
+        let d = pool
+            .load()
+            .decide(&Keys::new().issue_token().token(&token), t);
+        if d.outcome == Outcome::Expired {
+            assert!(t > NOW + Duration::from_secs(1000));
+            break;
+        }
+        assert_eq!(d.outcome, Outcome::Refreshed);
+        assert_eq!(name(&pool, d.backend), home);
+        token = d.token.unwrap();
+        assert_eq!(
+            u64::from(codec.open(&token, t).unwrap().issued),
+            NOW.as_secs()
+        );
+    }
+}
+
+#[test]
+fn retry_after_a_connect_error_moves_to_another_backend() {
+    let pool = pool(&[1, 1, 1]);
+    let snapshot = pool.load();
+    let keys = Keys::new().issue_token();
+    let first = snapshot.decide(&keys, NOW);
+    let failed = first.backend.unwrap();
+    let again = snapshot.retry(&first, failed, &keys, NOW);
+    assert_eq!(again.outcome, Outcome::Failover(Reason::Unhealthy));
+    assert_ne!(again.backend, Some(failed));
+    assert!(again.token.is_some());
+
+    let strict = Pool::new(
+        config().failover(FailoverPolicy::Strict),
+        membership(&[1, 1]),
+    )
+    .unwrap();
+    let (token, _) = session(&strict);
+    let s = strict.load();
+    let keys = Keys::new().token(&token);
+    let bound = s.decide(&keys, NOW);
+    let d = s.retry(&bound, bound.backend.unwrap(), &keys, NOW);
+    assert_eq!(d.outcome, Outcome::Rejected(Reason::Unhealthy));
+}
+
+#[test]
+fn bounded_load_skips_a_backend_far_above_average() {
+    let pool = Pool::new(config().new_session_bound(1.25), membership(&[1, 1, 1])).unwrap();
+    let snapshot = pool.load();
+    let b0 = snapshot.index_of("b0").unwrap();
+    let _busy: Vec<_> = (0..30).map(|_| snapshot.start_request(b0)).collect();
+    for _ in 0..30 {
+        let d = snapshot.decide(&Keys::new(), NOW);
+        assert_ne!(d.backend, Some(b0), "b0 has 30 in flight, the others none");
+    }
+    drop(_busy);
+    assert_eq!(snapshot.total_in_flight(), 0);
+    let hits_b0 = (0..30)
+        .filter(|_| snapshot.decide(&Keys::new(), NOW).backend == Some(b0))
+        .count();
+    assert_eq!(hits_b0, 10);
+}
+
+#[test]
+fn keyed_bounded_load_passes_keys_on_while_the_owner_is_overloaded() {
+    let pool = Pool::new(config().keyed_bound(1.25), membership(&[1, 1, 1])).unwrap();
+    let snapshot = pool.load();
+    let key = b"hot-tenant";
+    let owner = snapshot
+        .decide(&Keys::new().hash(key), NOW)
+        .backend
+        .unwrap();
+    let _busy: Vec<_> = (0..10).map(|_| snapshot.start_request(owner)).collect();
+    let d = snapshot.decide(&Keys::new().hash(key), NOW);
+    assert_ne!(d.backend, Some(owner));
+    drop(_busy);
+    assert_eq!(
+        snapshot.decide(&Keys::new().hash(key), NOW).backend,
+        Some(owner)
+    );
+}
+
+#[test]
+fn counters_follow_outcomes() {
+    let pool = pool(&[1]);
+    let (token, _) = session(&pool);
+    back(&pool, &token);
+    back(&pool, &token);
+    let c = pool.load().member(0).counters();
+    assert_eq!((c.new_sessions, c.hits, c.failovers), (1, 2, 0));
+}
+
+#[test]
+fn configuration_errors_name_what_to_fix() {
+    let dup = Pool::new(config(), membership(&[1]).with(BackendSpec::new("b0"))).unwrap_err();
+    assert_eq!(dup.to_string(), "backend \"b0\" is listed twice");
+    let heavy = Pool::new(config(), membership(&[1000])).unwrap_err();
+    assert_eq!(
+        heavy.to_string(),
+        "backend \"b0\" has weight 1000; weights go from 0 to 256"
+    );
+    let pool = pool(&[1]);
+    assert_eq!(
+        pool.remove("nope").unwrap_err().to_string(),
+        "no backend is named \"nope\""
+    );
+    assert_eq!(
+        pool.load().generation(),
+        0,
+        "a failed change publishes nothing"
+    );
+    assert!(Pool::new(config().new_session_bound(0.5), membership(&[1])).is_err());
+}
