@@ -1,0 +1,573 @@
+//! Where affinity keys come from: an ordered chain of sources read from
+//! the request's parts; the first source present wins.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{HeaderName, COOKIE, FORWARDED};
+use http::request::Parts;
+use http::HeaderMap;
+
+/// One place to find an affinity key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Affinity {
+    /// The load-balancer cookie (and the token header, if configured): an
+    /// authenticated token issued by this layer.
+    Cookie,
+    /// A request header (or gRPC metadata entry), hashed.
+    Header(HeaderName),
+    /// An application's own cookie (e.g. `JSESSIONID`), hashed.
+    AppCookie(String),
+    /// A Tomcat-style route suffix, `<id>.<route>`, in the cookie of this
+    /// name or in the `;name=<id>.<route>` path parameter. The route maps to
+    /// the backend whose route name it is.
+    Route(String),
+    /// A query parameter, hashed.
+    Query(String),
+    /// The client's IP address (see [`ClientIp`]), hashed.
+    ClientIp,
+}
+
+/// Which source placed a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeySource {
+    /// The load-balancer cookie or token header.
+    Cookie,
+    /// A request header.
+    Header,
+    /// An application cookie.
+    AppCookie,
+    /// A route suffix.
+    Route,
+    /// A query parameter.
+    Query,
+    /// The client IP.
+    ClientIp,
+    /// No key: placed by weight.
+    None,
+}
+
+impl KeySource {
+    /// Lower-case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySource::Cookie => "cookie",
+            KeySource::Header => "header",
+            KeySource::AppCookie => "app-cookie",
+            KeySource::Route => "route",
+            KeySource::Query => "query",
+            KeySource::ClientIp => "ip",
+            KeySource::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which forwarding headers to believe for the client IP.
+///
+/// The default trusts none: the client IP is the peer address of the
+/// connection (a `SocketAddr` request extension). Forwarded headers are
+/// spoofable by anyone unless a proxy you run sets them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ClientIp {
+    /// The peer address only.
+    #[default]
+    Peer,
+    /// `X-Forwarded-For` (or `Forwarded: for=`), trusting this many proxies
+    /// in front: the client is the address that many entries from the right.
+    TrustedHops(usize),
+    /// `X-Forwarded-For` (or `Forwarded: for=`), trusting proxies in these
+    /// networks: the client is the rightmost address not in them, provided
+    /// the peer itself is in them.
+    TrustedNetworks(Vec<IpNetwork>),
+}
+
+/// An IP network such as `10.0.0.0/8` or `fd00::/8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNetwork {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+/// Why an [`IpNetwork`] did not parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpNetworkError(String);
+
+impl fmt::Display for IpNetworkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not an IP network like 10.0.0.0/8 or fd00::/8",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for IpNetworkError {}
+
+impl std::str::FromStr for IpNetwork {
+    type Err = IpNetworkError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || IpNetworkError(s.to_owned());
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| err())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(err)?,
+            None => max,
+        };
+        Ok(IpNetwork { addr, prefix })
+    }
+}
+
+impl IpNetwork {
+    /// Whether `ip` is in the network (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Bounds on how much of a request the layer reads looking for keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of `Cookie` headers read, all headers together.
+    pub cookie_bytes: usize,
+    /// Cookies read, all headers together.
+    pub cookies: usize,
+    /// Forwarding hops read from `X-Forwarded-For` / `Forwarded`.
+    pub forwarded_hops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            cookie_bytes: 16 * 1024,
+            cookies: 200,
+            forwarded_hops: 64,
+        }
+    }
+}
+
+/// The keys found in one request, owned (hash keys of an IP are built).
+#[derive(Debug, Default)]
+pub(crate) struct Found<'a> {
+    pub(crate) token: Option<&'a str>,
+    pub(crate) route: Option<&'a str>,
+    pub(crate) hash: Option<HashKey<'a>>,
+    pub(crate) source: Option<KeySource>,
+}
+
+#[derive(Debug)]
+pub(crate) enum HashKey<'a> {
+    Borrowed(&'a [u8]),
+    Ip([u8; 16]),
+}
+
+impl HashKey<'_> {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            HashKey::Borrowed(b) => b,
+            HashKey::Ip(b) => b,
+        }
+    }
+}
+
+/// Every cookie of every `Cookie` header, within the limits.
+pub(crate) fn cookies<'a>(
+    headers: &'a HeaderMap,
+    limits: &Limits,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    let mut budget = limits.cookie_bytes;
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .take_while(move |v| {
+            let ok = v.len() <= budget;
+            budget = budget.saturating_sub(v.len());
+            ok
+        })
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .take(limits.cookies)
+        .filter_map(|c| {
+            let c = c.ok()?;
+            let value = c.value_raw()?;
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            Some((c.name_raw()?, value))
+        })
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str, limits: &Limits) -> Option<&'a str> {
+    cookies(headers, limits)
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+fn query<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts
+        .uri
+        .query()?
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+/// The `;name=value` path parameter (any path segment).
+fn path_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    path.split(';').skip(1).find_map(|param| {
+        let (k, v) = param.split_once('=')?;
+        (k.eq_ignore_ascii_case(name)).then(|| v.split('/').next().unwrap_or(v))
+    })
+}
+
+fn route_suffix(value: &str) -> Option<&str> {
+    value
+        .rsplit_once('.')
+        .map(|(_, route)| route)
+        .filter(|r| !r.is_empty())
+}
+
+fn ip_key(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The peer address: a `SocketAddr` extension (set by the server glue).
+fn peer(parts: &Parts) -> Option<IpAddr> {
+    parts.extensions.get::<SocketAddr>().map(|a| a.ip())
+}
+
+/// Addresses a forwarding chain names, left (client) to right (nearest
+/// proxy), bounded to the last `max` hops.
+fn forwarded_chain(headers: &HeaderMap, max: usize) -> Vec<IpAddr> {
+    let xff: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let entries: Vec<IpAddr> = if !xff.is_empty() {
+        xff.iter()
+            .rev()
+            .take(max)
+            .filter_map(|e| parse_node(e))
+            .collect()
+    } else {
+        let fwd: Vec<&str> = headers
+            .get_all(FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        fwd.iter()
+            .rev()
+            .take(max)
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    k.eq_ignore_ascii_case("for")
+                        .then(|| parse_node(v))
+                        .flatten()
+                })
+            })
+            .collect()
+    };
+    entries.into_iter().rev().collect()
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `"[2001:db8::1]:443"`, `2001:db8::1`.
+pub(crate) fn parse_node(node: &str) -> Option<IpAddr> {
+    let node = node.trim().trim_matches('"');
+    if let Ok(ip) = node.parse() {
+        return Some(ip);
+    }
+    if let Ok(sock) = node.parse::<SocketAddr>() {
+        return Some(sock.ip());
+    }
+    node.strip_prefix('[')
+        .and_then(|n| n.split_once(']'))
+        .and_then(|(ip, _)| ip.parse().ok())
+}
+
+/// The client IP under `policy`.
+pub(crate) fn client_ip(parts: &Parts, policy: &ClientIp, limits: &Limits) -> Option<IpAddr> {
+    let peer = peer(parts);
+    match policy {
+        ClientIp::Peer => peer,
+        ClientIp::TrustedHops(0) => peer,
+        ClientIp::TrustedHops(hops) => {
+            let chain = forwarded_chain(&parts.headers, limits.forwarded_hops);
+            if chain.is_empty() {
+                return peer;
+            }
+            // The nearest `hops` proxies each appended one entry.
+            Some(chain[chain.len().saturating_sub(*hops)])
+        }
+        ClientIp::TrustedNetworks(nets) => {
+            let peer = peer?;
+            let trusted = |ip: IpAddr| nets.iter().any(|n| n.contains(ip));
+            if !trusted(peer) {
+                return Some(peer);
+            }
+            let chain = forwarded_chain(&parts.headers, limits.forwarded_hops);
+            Some(
+                chain
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|&ip| !trusted(ip))
+                    .or_else(|| chain.first().copied())
+                    .unwrap_or(peer),
+            )
+        }
+    }
+}
+
+/// Walks the chain. The LB token is taken where the cookie source stands;
+/// the first other source present ends the walk (and also serves as the
+/// fallback when the token turns out invalid).
+pub(crate) fn find<'a>(
+    parts: &'a Parts,
+    chain: &[Affinity],
+    cookie_names: &[String],
+    token_header: Option<&HeaderName>,
+    ip_policy: &ClientIp,
+    limits: &Limits,
+) -> Found<'a> {
+    let mut found = Found::default();
+    for source in chain {
+        match source {
+            Affinity::Cookie => {
+                if found.token.is_none() {
+                    found.token = token_header
+                        .and_then(|h| parts.headers.get(h))
+                        .and_then(|v| v.to_str().ok())
+                        .or_else(|| {
+                            cookie_names
+                                .iter()
+                                .find_map(|n| cookie(&parts.headers, n, limits))
+                        });
+                    if found.token.is_some() {
+                        found.source = Some(KeySource::Cookie);
+                    }
+                }
+                continue;
+            }
+            Affinity::Header(name) => {
+                if let Some(v) = parts.headers.get(name).filter(|v| !v.is_empty()) {
+                    found.hash = Some(HashKey::Borrowed(v.as_bytes()));
+                }
+            }
+            Affinity::AppCookie(name) => {
+                if let Some(v) = cookie(&parts.headers, name, limits).filter(|v| !v.is_empty()) {
+                    found.hash = Some(HashKey::Borrowed(v.as_bytes()));
+                }
+            }
+            Affinity::Route(name) => {
+                found.route = cookie(&parts.headers, name, limits)
+                    .and_then(route_suffix)
+                    .or_else(|| path_param(parts.uri.path(), name).and_then(route_suffix));
+            }
+            Affinity::Query(name) => {
+                if let Some(v) = query(parts, name) {
+                    found.hash = Some(HashKey::Borrowed(v.as_bytes()));
+                }
+            }
+            Affinity::ClientIp => {
+                if let Some(ip) = client_ip(parts, ip_policy, limits) {
+                    found.hash = Some(HashKey::Ip(ip_key(ip)));
+                }
+            }
+        }
+        if found.hash.is_some() || found.route.is_some() {
+            if found.source.is_none() {
+                found.source = Some(match source {
+                    Affinity::Header(_) => KeySource::Header,
+                    Affinity::AppCookie(_) => KeySource::AppCookie,
+                    Affinity::Route(_) => KeySource::Route,
+                    Affinity::Query(_) => KeySource::Query,
+                    _ => KeySource::ClientIp,
+                });
+            }
+            break;
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(req: Request<()>) -> Parts {
+        req.into_parts().0
+    }
+
+    #[test]
+    fn networks_parse_and_match() {
+        let net: IpNetwork = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        let v6: IpNetwork = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<IpNetwork>().is_err());
+        assert!("nonsense".parse::<IpNetwork>().is_err());
+        let all: IpNetwork = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn forwarded_nodes_parse() {
+        for (text, ip) in [
+            ("1.2.3.4", "1.2.3.4"),
+            (" 1.2.3.4:80", "1.2.3.4"),
+            ("\"[2001:db8::1]:443\"", "2001:db8::1"),
+            ("2001:db8::2", "2001:db8::2"),
+        ] {
+            assert_eq!(parse_node(text), Some(ip.parse().unwrap()), "{text}");
+        }
+        assert_eq!(parse_node("unknown"), None);
+        assert_eq!(parse_node("_hidden"), None);
+    }
+
+    #[test]
+    fn trusted_hops_pick_the_entry_the_nearest_proxies_appended() {
+        let mut req = Request::get("/")
+            .header("x-forwarded-for", "6.6.6.6, 1.1.1.1")
+            .header("x-forwarded-for", "10.0.0.1")
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(SocketAddr::from(([10, 0, 0, 2], 4000)));
+        let p = parts(req);
+        let limits = Limits::default();
+        assert_eq!(
+            client_ip(&p, &ClientIp::Peer, &limits),
+            Some("10.0.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(&p, &ClientIp::TrustedHops(1), &limits),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(&p, &ClientIp::TrustedHops(2), &limits),
+            Some("1.1.1.1".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(&p, &ClientIp::TrustedHops(9), &limits),
+            Some("6.6.6.6".parse().unwrap())
+        );
+        let nets = ClientIp::TrustedNetworks(vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(
+            client_ip(&p, &nets, &limits),
+            Some("1.1.1.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn forwarded_header_is_read_when_there_is_no_x_forwarded_for() {
+        let mut req = Request::get("/")
+            .header(
+                "forwarded",
+                "for=192.0.2.60;proto=http, for=\"[2001:db8::7]:80\"",
+            )
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(SocketAddr::from(([10, 0, 0, 2], 4000)));
+        let p = parts(req);
+        let limits = Limits::default();
+        assert_eq!(
+            client_ip(&p, &ClientIp::TrustedHops(1), &limits),
+            Some("2001:db8::7".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(&p, &ClientIp::TrustedHops(2), &limits),
+            Some("192.0.2.60".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_the_headers_say() {
+        let mut req = Request::get("/")
+            .header("x-forwarded-for", "1.1.1.1")
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(SocketAddr::from(([203, 0, 113, 9], 4000)));
+        let nets = ClientIp::TrustedNetworks(vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(
+            client_ip(&parts(req), &nets, &Limits::default()),
+            Some("203.0.113.9".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn path_parameters_and_route_suffixes() {
+        assert_eq!(
+            path_param("/app;jsessionid=ABC.node2/x", "jsessionid"),
+            Some("ABC.node2")
+        );
+        assert_eq!(
+            path_param("/app;JSESSIONID=ABC.node2", "jsessionid"),
+            Some("ABC.node2")
+        );
+        assert_eq!(path_param("/app", "jsessionid"), None);
+        assert_eq!(route_suffix("ABC.DEF.node2"), Some("node2"));
+        assert_eq!(route_suffix("ABC"), None);
+        assert_eq!(route_suffix("ABC."), None);
+    }
+
+    #[test]
+    fn cookies_across_headers_within_limits() {
+        let req = Request::get("/")
+            .header("cookie", "a=1; b=\"2\"")
+            .header("cookie", "sticky=tok")
+            .body(())
+            .unwrap();
+        let p = parts(req);
+        let all: Vec<_> = cookies(&p.headers, &Limits::default()).collect();
+        assert_eq!(all, vec![("a", "1"), ("b", "2"), ("sticky", "tok")]);
+        let tight = Limits {
+            cookies: 2,
+            ..Limits::default()
+        };
+        assert_eq!(cookie(&p.headers, "sticky", &tight), None);
+    }
+}

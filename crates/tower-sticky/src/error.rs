@@ -1,0 +1,172 @@
+//! The error a [`Sticky`](crate::Sticky) service returns.
+
+use std::fmt;
+
+use sticky_core::{BackendId, Reason};
+
+/// A boxed error from a backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum Error {
+    /// Nothing was placed: the bound backend can't serve in strict mode, or
+    /// no backend is available. Answer 503.
+    Rejected(Reason),
+    /// The chosen backend failed. Answer 502.
+    Backend {
+        /// The backend.
+        backend: BackendId,
+        /// Its error.
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// The HTTP status a server should answer with.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Error::Rejected(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            Error::Backend { .. } => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Rejected(reason) => {
+                write!(f, "no backend for this request: {}", reason.as_str())
+            }
+            Error::Backend { backend, .. } => write!(f, "backend {backend:?} failed"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Rejected(_) => None,
+            Error::Backend { source, .. } => Some(&**source),
+        }
+    }
+}
+
+/// A request the backend gave back unsent, so the layer may retry it on
+/// the next candidate: return it (boxed) as the error of a backend service
+/// when the connection failed before anything was written.
+pub struct Unsent<B> {
+    request: std::sync::Mutex<Option<http::Request<B>>>,
+    source: BoxError,
+}
+
+impl<B> Unsent<B> {
+    /// Wraps the unsent `request` and the connection error.
+    pub fn new(request: http::Request<B>, source: impl Into<BoxError>) -> Self {
+        Self {
+            request: std::sync::Mutex::new(Some(request)),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn take(&self) -> Option<http::Request<B>> {
+        self.request.lock().ok()?.take()
+    }
+}
+
+impl<B> fmt::Debug for Unsent<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unsent")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> fmt::Display for Unsent<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request not sent: {}", self.source)
+    }
+}
+
+impl<B> std::error::Error for Unsent<B> {}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`ErrorsAsResponses`].
+    pub struct ErrorsAsResponsesFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, B> std::future::Future for ErrorsAsResponsesFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<B>, Error>>,
+    B: Default,
+{
+    type Output = Result<http::Response<B>, std::convert::Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let result = std::task::ready!(self.project().inner.poll(cx));
+        std::task::Poll::Ready(Ok(result.unwrap_or_else(|error| {
+            let mut response = http::Response::new(B::default());
+            *response.status_mut() = error.status();
+            response
+        })))
+    }
+}
+
+/// Turns a [`Sticky`](crate::Sticky) service's errors into empty responses
+/// with their [status](Error::status) (503 rejected, 502 backend failed),
+/// for servers such as axum that take only infallible services.
+///
+/// Made by [`Sticky::errors_as_responses`](crate::Sticky::errors_as_responses).
+#[derive(Clone, Debug)]
+pub struct ErrorsAsResponses<S> {
+    inner: S,
+}
+
+impl<S> ErrorsAsResponses<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, R, B> tower_service::Service<R> for ErrorsAsResponses<S>
+where
+    S: tower_service::Service<R, Response = http::Response<B>, Error = Error>,
+    B: Default,
+{
+    type Response = http::Response<B>;
+    type Error = std::convert::Infallible;
+    type Future = ErrorsAsResponsesFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Sticky is always ready.
+        match self.inner.poll_ready(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(_) => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        ErrorsAsResponsesFuture {
+            inner: self.inner.call(request),
+        }
+    }
+}

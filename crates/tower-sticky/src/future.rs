@@ -1,0 +1,347 @@
+//! The response future of [`Sticky`](crate::Sticky).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use cookie::{Cookie, SameSite};
+use http::header::{HeaderValue, CACHE_CONTROL, SET_COOKIE};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use sticky_core::{Decision, InFlight, Keys, Outcome};
+use tower_service::Service;
+
+use crate::affinity::KeySource;
+use crate::backends::Table;
+use crate::error::{BoxError, Error, Unsent};
+use crate::layer::Config;
+use crate::service::Placement;
+
+pin_project! {
+    /// Response future of [`Sticky`](crate::Sticky): drives the chosen
+    /// backend to readiness, calls it, and decorates its response.
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+        ctx: Ctx<S>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Ready { service: S, request: Option<Request<ReqBody>> },
+        Calling { #[pin] future: S::Future },
+        Rejected { error: Option<Error> },
+        Done,
+    }
+}
+
+struct Ctx<S> {
+    table: Arc<Table<S>>,
+    decision: Decision,
+    source: KeySource,
+    config: Arc<Config>,
+    names: Arc<[String]>,
+    issue_tokens: bool,
+    now: Duration,
+    in_flight: Option<InFlight>,
+    retried: bool,
+}
+
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>> + Clone,
+{
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        table: Arc<Table<S>>,
+        decision: Decision,
+        source: KeySource,
+        request: Request<ReqBody>,
+        config: Arc<Config>,
+        names: Arc<[String]>,
+        issue_tokens: bool,
+        now: Duration,
+    ) -> Self {
+        let state = match (decision.backend, decision.outcome) {
+            (Some(b), _) => State::Ready {
+                service: table.services[b].clone(),
+                request: Some(request),
+            },
+            (None, Outcome::Rejected(reason)) => State::Rejected {
+                error: Some(Error::Rejected(reason)),
+            },
+            (None, _) => State::Rejected {
+                error: Some(Error::Rejected(sticky_core::Reason::Unavailable)),
+            },
+        };
+        let in_flight = decision.backend.map(|b| table.snapshot.start_request(b));
+        ResponseFuture {
+            state,
+            ctx: Ctx {
+                table,
+                decision,
+                source,
+                config,
+                names,
+                issue_tokens,
+                now,
+                in_flight,
+                retried: false,
+            },
+        }
+    }
+}
+
+impl<S> Ctx<S> {
+    fn backend_id(&self) -> Option<&sticky_core::BackendId> {
+        self.decision
+            .backend
+            .map(|b| self.table.snapshot.member(b).id())
+    }
+
+    fn record_failure(&self) {
+        if let Some(in_flight) = &self.in_flight {
+            in_flight
+                .stats()
+                .record_failure(&self.table.snapshot.config().health, self.now);
+        }
+    }
+
+    fn backend_error(&mut self, source: BoxError) -> Error {
+        self.record_failure();
+        self.in_flight = None;
+        let backend = self.backend_id().cloned().unwrap_or_else(|| "?".into());
+        tracing::debug!(backend = %backend, source = self.source.as_str(), error = %source, "sticky backend failed");
+        Error::Backend { backend, source }
+    }
+
+    /// The chosen backend failed before the request was sent: place it
+    /// once more, on the next candidate.
+    fn retry(&mut self, source: BoxError) -> Result<S, Error>
+    where
+        S: Clone,
+    {
+        let failed = self.decision.backend;
+        if self.retried || failed.is_none() {
+            return Err(self.backend_error(source));
+        }
+        self.record_failure();
+        self.retried = true;
+        let keys = Keys {
+            issue_token: self.issue_tokens,
+            ..Keys::new()
+        };
+        let failed = failed.expect("checked above");
+        let next = self
+            .table
+            .snapshot
+            .retry(&self.decision, failed, &keys, self.now);
+        tracing::debug!(
+            failed = %self.table.snapshot.member(failed).id(),
+            outcome = %next.outcome,
+            error = %source,
+            "sticky retry after a connection error"
+        );
+        self.decision = next;
+        self.in_flight = None;
+        match (self.decision.backend, self.decision.outcome) {
+            (Some(b), _) => {
+                self.in_flight = Some(self.table.snapshot.start_request(b));
+                Ok(self.table.services[b].clone())
+            }
+            (None, Outcome::Rejected(reason)) => Err(Error::Rejected(reason)),
+            (None, _) => Err(Error::Rejected(sticky_core::Reason::Unavailable)),
+        }
+    }
+
+    fn finish<B>(&mut self, mut response: Response<B>) -> Response<B> {
+        let config = &self.config;
+        if let Some(in_flight) = self.in_flight.take() {
+            if config.failure_statuses.contains(&response.status()) {
+                in_flight
+                    .stats()
+                    .record_failure(&self.table.snapshot.config().health, self.now);
+            } else {
+                in_flight.stats().record_success();
+            }
+        }
+        let backend = self.backend_id().cloned().unwrap_or_else(|| "?".into());
+        if let Some(token) = self.decision.token.take() {
+            self.write_token(&mut response, &token);
+        }
+        tracing::debug!(
+            backend = %backend,
+            outcome = %self.decision.outcome,
+            source = self.source.as_str(),
+            status = response.status().as_u16(),
+            "sticky"
+        );
+        let extensions = response.extensions_mut();
+        extensions.insert(self.decision.outcome);
+        extensions.insert(Placement {
+            outcome: self.decision.outcome,
+            backend,
+            source: self.source,
+        });
+        response
+    }
+
+    fn write_token<B>(&self, response: &mut Response<B>, token: &str) {
+        let config = &self.config;
+        let headers = response.headers_mut();
+        if let Some(name) = &config.token_header {
+            if let Ok(value) = HeaderValue::from_str(token) {
+                headers.insert(name.clone(), value);
+            }
+        }
+        if !self.issue_tokens {
+            return;
+        }
+        let codec = &self.table.snapshot.config().tokens;
+        let max_age = codec.max_age(self.now, self.now);
+        for (i, name) in self.names.iter().enumerate() {
+            let twin = i > 0;
+            let attributes = &config.cookie;
+            let mut cookie = Cookie::build((name.as_str(), token))
+                .path(attributes.path.as_str())
+                .http_only(attributes.http_only)
+                .secure(attributes.secure || twin)
+                .same_site(if twin {
+                    SameSite::None
+                } else {
+                    attributes.same_site
+                })
+                .partitioned(attributes.partitioned);
+            if let Some(domain) = &attributes.domain {
+                cookie = cookie.domain(domain.as_str());
+            }
+            if let Some(age) = max_age {
+                cookie = cookie.max_age(cookie::time::Duration::seconds(age.as_secs() as i64));
+            }
+            if let Ok(value) = HeaderValue::from_str(&cookie.build().to_string()) {
+                headers.append(SET_COOKIE, value);
+            }
+        }
+        if config.cache_private {
+            make_private(headers);
+        }
+    }
+}
+
+/// Marks a response that carries a cookie as private, unless it already is
+/// (or may not be stored at all).
+fn make_private(headers: &mut http::HeaderMap) {
+    let existing: Vec<String> = headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_owned())
+        .filter(|d| !d.is_empty())
+        .collect();
+    let has = |name: &str| {
+        existing.iter().any(|d| {
+            d.split('=')
+                .next()
+                .is_some_and(|n| n.trim().eq_ignore_ascii_case(name))
+        })
+    };
+    if has("private") || has("no-store") {
+        return;
+    }
+    let mut directives = vec!["private".to_owned()];
+    directives.extend(existing.into_iter().filter(|d| {
+        let name = d
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        name != "public" && name != "s-maxage"
+    }));
+    if let Ok(value) = HeaderValue::from_str(&directives.join(", ")) {
+        headers.insert(CACHE_CONTROL, value);
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    ReqBody: 'static,
+{
+    type Output = Result<Response<ResBody>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Rejected { error } => {
+                    let error = error.take().expect("polled after completion");
+                    tracing::debug!(outcome = %this.ctx.decision.outcome, source = this.ctx.source.as_str(), "sticky rejected");
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(error));
+                }
+                StateProj::Ready { service, request } => match ready!(service.poll_ready(cx)) {
+                    Ok(()) => {
+                        let request = request.take().expect("polled after completion");
+                        let future = service.call(request);
+                        this.state.set(State::Calling { future });
+                    }
+                    Err(error) => {
+                        // Not ready: nothing was sent, so the request may
+                        // go to the next candidate.
+                        let request = request.take().expect("polled after completion");
+                        match this.ctx.retry(error.into()) {
+                            Ok(service) => this.state.set(State::Ready {
+                                service,
+                                request: Some(request),
+                            }),
+                            Err(error) => {
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(error));
+                            }
+                        }
+                    }
+                },
+                StateProj::Calling { future } => match ready!(future.poll(cx)) {
+                    Ok(response) => {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(this.ctx.finish(response)));
+                    }
+                    Err(error) => {
+                        let error: BoxError = error.into();
+                        let unsent = error
+                            .downcast_ref::<Unsent<ReqBody>>()
+                            .and_then(Unsent::take);
+                        let next = match unsent {
+                            Some(request) => this.ctx.retry(error).map(|s| (s, request)),
+                            None => Err(this.ctx.backend_error(error)),
+                        };
+                        match next {
+                            Ok((service, request)) => this.state.set(State::Ready {
+                                service,
+                                request: Some(request),
+                            }),
+                            Err(error) => {
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(error));
+                            }
+                        }
+                    }
+                },
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}

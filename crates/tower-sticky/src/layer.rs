@@ -1,0 +1,161 @@
+//! [`StickyLayer`]: the configuration of how keys are read and cookies
+//! written.
+
+use std::sync::Arc;
+
+use cookie::SameSite;
+use http::{HeaderName, StatusCode};
+use tower_layer::Layer;
+
+use crate::affinity::{Affinity, ClientIp, Limits};
+use crate::backends::Backends;
+use crate::service::Sticky;
+
+/// Attributes of the load-balancer cookie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CookieAttributes {
+    /// `Path` (default `/`).
+    pub path: String,
+    /// `Domain` (default none: host-only).
+    pub domain: Option<String>,
+    /// `Secure` (default off; turn on behind TLS).
+    pub secure: bool,
+    /// `HttpOnly` (default on: scripts never see the token).
+    pub http_only: bool,
+    /// `SameSite` (default `Lax`).
+    pub same_site: SameSite,
+    /// `Partitioned` (CHIPS; default off).
+    pub partitioned: bool,
+    /// Also set a `<name>CORS` twin with `SameSite=None; Secure`, for
+    /// cross-site requests, as cloud balancers do (default off).
+    pub cors_twin: bool,
+}
+
+impl Default for CookieAttributes {
+    fn default() -> Self {
+        Self {
+            path: "/".into(),
+            domain: None,
+            secure: false,
+            http_only: true,
+            same_site: SameSite::Lax,
+            partitioned: false,
+            cors_twin: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) chain: Vec<Affinity>,
+    pub(crate) cookie: CookieAttributes,
+    pub(crate) token_header: Option<HeaderName>,
+    pub(crate) strip_cookie: bool,
+    pub(crate) cache_private: bool,
+    pub(crate) failure_statuses: Vec<StatusCode>,
+    pub(crate) client_ip: ClientIp,
+    pub(crate) limits: Limits,
+}
+
+/// Applies [`Sticky`] to a [`Backends`] set.
+///
+/// The layer holds only configuration and is cheap to clone. By default
+/// the chain is `[Affinity::Cookie]`: a signed cookie pins each session,
+/// new sessions follow the weights.
+///
+/// See [`Sticky`] for the request flow and an example.
+#[derive(Clone, Debug)]
+pub struct StickyLayer {
+    config: Arc<Config>,
+}
+
+impl Default for StickyLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StickyLayer {
+    /// Cookie affinity with default attributes.
+    pub fn new() -> Self {
+        Self {
+            config: Arc::new(Config {
+                chain: vec![Affinity::Cookie],
+                cookie: CookieAttributes::default(),
+                token_header: None,
+                strip_cookie: false,
+                cache_private: true,
+                failure_statuses: vec![
+                    StatusCode::BAD_GATEWAY,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::GATEWAY_TIMEOUT,
+                ],
+                client_ip: ClientIp::Peer,
+                limits: Limits::default(),
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Sets the affinity chain, tried in order; the first source present
+    /// wins. Include [`Affinity::Cookie`] to issue cookies.
+    pub fn affinity(self, chain: impl IntoIterator<Item = Affinity>) -> Self {
+        let chain = chain.into_iter().collect();
+        self.edit(|c| c.chain = chain)
+    }
+
+    /// Sets the cookie attributes.
+    pub fn cookie_attributes(self, attributes: CookieAttributes) -> Self {
+        self.edit(|c| c.cookie = attributes)
+    }
+
+    /// Also sends the token in this response header and accepts it from the
+    /// same request header: stickiness for clients without cookies (gRPC,
+    /// API clients).
+    pub fn token_header(self, name: HeaderName) -> Self {
+        self.edit(|c| c.token_header = Some(name))
+    }
+
+    /// Removes the load-balancer cookie from requests before they reach
+    /// the backend (default: left in place).
+    pub fn strip_cookie(self, strip: bool) -> Self {
+        self.edit(|c| c.strip_cookie = strip)
+    }
+
+    /// Adds `Cache-Control: private` to responses that get a cookie and are
+    /// otherwise cacheable, so no shared cache hands one client's cookie to
+    /// another (default on).
+    pub fn cache_private(self, on: bool) -> Self {
+        self.edit(|c| c.cache_private = on)
+    }
+
+    /// Response statuses that count as backend failures for passive health
+    /// (default 502, 503, 504).
+    pub fn failure_statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        let statuses = statuses.into_iter().collect();
+        self.edit(|c| c.failure_statuses = statuses)
+    }
+
+    /// Which forwarding headers to believe for [`Affinity::ClientIp`]
+    /// (default: none, the peer address).
+    pub fn client_ip(self, policy: ClientIp) -> Self {
+        self.edit(|c| c.client_ip = policy)
+    }
+
+    /// Bounds on what the layer reads from a request.
+    pub fn limits(self, limits: Limits) -> Self {
+        self.edit(|c| c.limits = limits)
+    }
+}
+
+impl<S> Layer<Backends<S>> for StickyLayer {
+    type Service = Sticky<S>;
+
+    fn layer(&self, backends: Backends<S>) -> Sticky<S> {
+        Sticky::from_parts(backends, Arc::clone(&self.config))
+    }
+}

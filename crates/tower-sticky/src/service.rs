@@ -1,0 +1,244 @@
+//! [`Sticky`]: the service that places each request on one backend.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderValue, COOKIE};
+use http::{HeaderMap, Request, Response};
+use sticky_core::{BackendId, Keys, Outcome};
+use tower_service::Service;
+
+use crate::affinity::{self, Affinity, KeySource};
+use crate::backends::{wall_clock, Backends};
+use crate::error::{BoxError, Error, ErrorsAsResponses};
+use crate::future::ResponseFuture;
+use crate::layer::{Config, StickyLayer};
+
+/// Where a request went and why; a response extension on every response,
+/// next to the [`Outcome`] itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// How the request was placed.
+    pub outcome: Outcome,
+    /// The backend that answered.
+    pub backend: BackendId,
+    /// The key source that placed it.
+    pub source: KeySource,
+}
+
+/// Places each request on one of several backend services: reads the
+/// affinity keys, asks sticky-core for a decision, calls the chosen
+/// backend, and writes the cookie (or token header) on the way back.
+///
+/// Always ready: the chosen backend is cloned and driven (`poll_ready`,
+/// then `call`) inside the response future, so a backend that is slow to
+/// become ready delays only its own requests. Backpressure belongs in each
+/// backend's own stack (concurrency limit, load shed, timeout); its errors,
+/// and 502/503/504 answers, feed passive health.
+///
+/// # Example
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{header, Request, Response};
+/// use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
+/// use sticky_core::{BackendSpec, PoolConfig};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_sticky::{Backends, StickyLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let backend = |name: &'static str| {
+///     service_fn(move |_req: Request<String>| async move {
+///         Ok::<_, Infallible>(Response::new(name.to_string()))
+///     })
+/// };
+/// let keys = KeyRing::new(["a secret shared by every replica"]).unwrap();
+/// let config = PoolConfig::new(TokenCodec::new(keys, TokenConfig::new("sticky")));
+/// let backends = Backends::new(
+///     config,
+///     [(BackendSpec::new("b1"), backend("b1")), (BackendSpec::new("b2"), backend("b2"))],
+/// )
+/// .unwrap();
+/// let service = ServiceBuilder::new().layer(StickyLayer::new()).service(backends);
+///
+/// // A new session gets a cookie...
+/// let first = service.clone().oneshot(Request::new(String::new())).await.unwrap();
+/// let cookie = first.headers()[header::SET_COOKIE].to_str().unwrap();
+/// let pair = cookie.split(';').next().unwrap().to_owned();
+/// let home = first.into_body();
+///
+/// // ...and every request that sends it back lands on the same backend.
+/// for _ in 0..10 {
+///     let request = Request::builder().header(header::COOKIE, &pair).body(String::new()).unwrap();
+///     let response = service.clone().oneshot(request).await.unwrap();
+///     assert!(response.headers().get(header::SET_COOKIE).is_none());
+///     assert_eq!(response.into_body(), home);
+/// }
+/// # }
+/// ```
+pub struct Sticky<S> {
+    backends: Backends<S>,
+    config: Arc<Config>,
+    /// The cookie names to read: the LB cookie, then its CORS twin.
+    names: Arc<[String]>,
+    issue_tokens: bool,
+}
+
+impl<S> Clone for Sticky<S> {
+    fn clone(&self) -> Self {
+        Self {
+            backends: self.backends.clone(),
+            config: Arc::clone(&self.config),
+            names: Arc::clone(&self.names),
+            issue_tokens: self.issue_tokens,
+        }
+    }
+}
+
+impl<S> fmt::Debug for Sticky<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sticky")
+            .field("backends", &self.backends)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S> Sticky<S> {
+    /// Cookie affinity over `backends`, with default settings.
+    pub fn new(backends: Backends<S>) -> Self {
+        tower_layer::Layer::layer(&StickyLayer::new(), backends)
+    }
+
+    /// A [`StickyLayer`] to configure.
+    pub fn layer() -> StickyLayer {
+        StickyLayer::new()
+    }
+
+    pub(crate) fn from_parts(backends: Backends<S>, config: Arc<Config>) -> Self {
+        let name = backends.config().tokens.config().name.clone();
+        let mut names = vec![name.clone()];
+        if config.cookie.cors_twin {
+            names.push(format!("{name}CORS"));
+        }
+        let issue_tokens = config.chain.contains(&Affinity::Cookie);
+        Self {
+            backends,
+            config,
+            names: names.into(),
+            issue_tokens,
+        }
+    }
+
+    /// The backend set (also the handle that changes it).
+    pub fn get_ref(&self) -> &Backends<S> {
+        &self.backends
+    }
+
+    /// The backend set, mutably.
+    pub fn get_mut(&mut self) -> &mut Backends<S> {
+        &mut self.backends
+    }
+
+    /// The backend set.
+    pub fn into_inner(self) -> Backends<S> {
+        self.backends
+    }
+
+    /// Answers errors with empty 503/502 responses instead of failing, as
+    /// axum's `route_service` and `fallback_service` require.
+    pub fn errors_as_responses(self) -> ErrorsAsResponses<Self> {
+        ErrorsAsResponses::new(self)
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Sticky<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    ReqBody: 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let table = self.backends.load();
+        let now = wall_clock();
+        let (mut parts, body) = request.into_parts();
+        let config = &self.config;
+        let (decision, source) = {
+            let found = affinity::find(
+                &parts,
+                &config.chain,
+                &self.names,
+                config.token_header.as_ref(),
+                &config.client_ip,
+                &config.limits,
+            );
+            let keys = Keys {
+                token: found.token,
+                route: found.route,
+                hash: found.hash.as_ref().map(|h| h.bytes()),
+                issue_token: self.issue_tokens,
+            };
+            (
+                table.snapshot.decide(&keys, now),
+                found.source.unwrap_or(KeySource::None),
+            )
+        };
+        if config.strip_cookie {
+            strip_cookies(&mut parts.headers, &self.names);
+        }
+        ResponseFuture::new(
+            table,
+            decision,
+            source,
+            Request::from_parts(parts, body),
+            Arc::clone(&self.config),
+            Arc::clone(&self.names),
+            self.issue_tokens,
+            now,
+        )
+    }
+}
+
+/// Removes the named cookies from every `Cookie` header, dropping headers
+/// left empty.
+fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
+    if !headers.contains_key(COOKIE) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let Ok(text) = value.to_str() else {
+                return Some(value.clone());
+            };
+            let pairs: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
+                    !pair.is_empty() && !names.iter().any(|n| n == name)
+                })
+                .collect();
+            if pairs.is_empty() {
+                None
+            } else {
+                HeaderValue::from_str(&pairs.join("; ")).ok()
+            }
+        })
+        .collect();
+    headers.remove(COOKIE);
+    for value in kept {
+        headers.append(COOKIE, value);
+    }
+}
