@@ -1,0 +1,825 @@
+//! The layer's behaviour with real services: keys, cookies, failover,
+//! readiness, retries, runtime changes and concurrency.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
+use http::{HeaderName, Request, Response, StatusCode};
+use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
+use sticky_core::{BackendSpec, FailoverPolicy, HealthPolicy, Outcome, PoolConfig, Reason};
+use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_sticky::{
+    Affinity, Backends, ClientIp, CookieAttributes, Error, Placement, Sticky, StickyLayer, Unsent,
+};
+
+const SECRET: &str = "layer tests secret, 32 bytes long";
+
+type Svc = tower::util::BoxCloneSyncService<Request<String>, Response<String>, BoxError>;
+
+/// A backend that answers with its name and echoes the Cookie headers it got.
+fn named(name: &'static str) -> Svc {
+    Svc::new(service_fn(move |req: Request<String>| async move {
+        let cookies: Vec<&str> = req
+            .headers()
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let mut response = Response::new(name.to_string());
+        response
+            .headers_mut()
+            .insert("x-seen-cookies", cookies.join(" | ").parse().unwrap());
+        Ok::<_, BoxError>(response)
+    }))
+}
+
+fn config_with(secrets: &[&str]) -> PoolConfig {
+    PoolConfig::new(TokenCodec::new(
+        KeyRing::new(secrets).unwrap(),
+        TokenConfig::new("sticky"),
+    ))
+}
+
+fn backends_of(config: PoolConfig, names: &[&'static str]) -> Backends<Svc> {
+    Backends::new(
+        config,
+        names.iter().map(|&n| (BackendSpec::new(n), named(n))),
+    )
+    .unwrap()
+}
+
+fn three() -> Backends<Svc> {
+    backends_of(config_with(&[SECRET]), &["b1", "b2", "b3"])
+}
+
+/// `name=value` of the sticky Set-Cookie, if any.
+fn sticky_cookie(response: &Response<String>) -> Option<String> {
+    response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("sticky="))
+        .map(|v| v.split(';').next().unwrap().to_owned())
+}
+
+// The helpers own what they await on (a clone of the service, owned
+// strings), so their futures are `'static`.
+fn send(service: &Sticky<Svc>, request: Request<String>) -> impl Future<Output = Response<String>> {
+    let service = service.clone();
+    async move { service.oneshot(request).await.unwrap() }
+}
+
+fn get(service: &Sticky<Svc>, cookie: Option<&str>) -> impl Future<Output = Response<String>> {
+    let mut builder = Request::get("/");
+    if let Some(c) = cookie {
+        builder = builder.header(COOKIE, c);
+    }
+    send(service, builder.body(String::new()).unwrap())
+}
+
+/// A new session: its cookie pair and backend.
+fn session(service: &Sticky<Svc>) -> impl Future<Output = (String, String)> {
+    let response = get(service, None);
+    async move {
+        let r = response.await;
+        (
+            sticky_cookie(&r).expect("a new session gets a cookie"),
+            r.into_body(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn cookie_sessions_stick_and_are_not_re_sent() {
+    let service = Sticky::new(three());
+    for _ in 0..30 {
+        let (cookie, home) = session(&service).await;
+        for _ in 0..5 {
+            let r = get(&service, Some(&cookie)).await;
+            assert_eq!(r.extensions().get::<Outcome>(), Some(&Outcome::Hit));
+            assert!(r.headers().get(SET_COOKIE).is_none());
+            assert_eq!(r.into_body(), home);
+        }
+    }
+}
+
+#[tokio::test]
+async fn cookie_attributes_default_to_safe_values_and_are_configurable() {
+    let default = Sticky::new(three());
+    let r = get(&default, None).await;
+    let set = r.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(set.contains("HttpOnly"), "{set}");
+    assert!(set.contains("SameSite=Lax"), "{set}");
+    assert!(set.contains("Path=/"), "{set}");
+    assert!(!set.contains("Secure"), "{set}");
+    assert!(
+        !set.contains("Max-Age"),
+        "session cookie without lifetimes: {set}"
+    );
+    assert_eq!(r.headers()[CACHE_CONTROL], "private");
+
+    let tokens = TokenCodec::new(
+        KeyRing::new([SECRET]).unwrap(),
+        TokenConfig::new("sticky").idle_timeout(std::time::Duration::from_secs(900)),
+    );
+    let backends = backends_of(PoolConfig::new(tokens), &["b1", "b2"]);
+    let layer = StickyLayer::new().cookie_attributes(CookieAttributes {
+        path: "/app".into(),
+        domain: Some("example.com".into()),
+        secure: true,
+        partitioned: true,
+        cors_twin: true,
+        ..CookieAttributes::default()
+    });
+    let service = layer_service(layer, backends);
+    let r = get(&service, None).await;
+    let all: Vec<String> = r
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(all.len(), 2, "the cookie and its CORS twin: {all:?}");
+    let main = &all[0];
+    for attr in [
+        "Path=/app",
+        "Domain=example.com",
+        "Secure",
+        "Partitioned",
+        "Max-Age=900",
+        "HttpOnly",
+    ] {
+        assert!(main.contains(attr), "{attr} missing from {main}");
+    }
+    assert!(all[1].starts_with("stickyCORS="), "{}", all[1]);
+    assert!(
+        all[1].contains("SameSite=None") && all[1].contains("Secure"),
+        "{}",
+        all[1]
+    );
+
+    // A cross-site request carries only the twin: it still sticks.
+    let home = r.into_body();
+    let twin = all[1].split(';').next().unwrap().to_owned();
+    for _ in 0..5 {
+        assert_eq!(get(&service, Some(&twin)).await.into_body(), home);
+    }
+}
+
+fn layer_service(layer: StickyLayer, backends: Backends<Svc>) -> Sticky<Svc> {
+    ServiceBuilder::new().layer(layer).service(backends)
+}
+
+#[tokio::test]
+async fn backend_cookies_and_cache_headers_are_respected() {
+    let app = Svc::new(service_fn(|_req: Request<String>| async {
+        let mut r = Response::new("app".to_string());
+        r.headers_mut()
+            .append(SET_COOKIE, "JSESSIONID=abc; Path=/".parse().unwrap());
+        r.headers_mut().insert(
+            CACHE_CONTROL,
+            "public, max-age=60, s-maxage=600".parse().unwrap(),
+        );
+        Ok::<_, BoxError>(r)
+    }));
+    let backends = Backends::new(config_with(&[SECRET]), [(BackendSpec::new("app"), app)]).unwrap();
+    let r = get(&Sticky::new(backends), None).await;
+    let all: Vec<&str> = r
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(all.len(), 2, "appended, never merged: {all:?}");
+    assert_eq!(
+        all[0], "JSESSIONID=abc; Path=/",
+        "the backend's own cookie is untouched"
+    );
+    assert_eq!(r.headers()[CACHE_CONTROL], "private, max-age=60");
+}
+
+#[tokio::test]
+async fn every_cookie_header_is_read_and_the_lb_cookie_can_be_stripped() {
+    let service = layer_service(StickyLayer::new().strip_cookie(true), three());
+    let (cookie, home) = session(&service).await;
+    // HTTP/2 clients send one Cookie header per cookie.
+    let request = Request::get("/")
+        .header(COOKIE, "theme=dark")
+        .header(COOKIE, &cookie)
+        .header(COOKIE, "lang=en; x=1")
+        .body(String::new())
+        .unwrap();
+    let r = send(&service, request).await;
+    assert_eq!(r.headers()["x-seen-cookies"], "theme=dark | lang=en; x=1");
+    assert_eq!(r.into_body(), home);
+}
+
+#[tokio::test]
+async fn tampered_cookies_start_a_new_session() {
+    let service = Sticky::new(three());
+    let (cookie, _) = session(&service).await;
+    let mut forged = cookie.into_bytes();
+    let last = forged.len() - 5;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    for bad in [
+        forged.as_str(),
+        "sticky=",
+        "sticky=%%%",
+        "sticky=AAAA",
+        "sticky=\u{1F600}",
+    ] {
+        let r = get(&service, Some(bad)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        // An unreadable (non-ASCII) header counts as no cookie at all.
+        let outcome = *r.extensions().get::<Outcome>().unwrap();
+        assert!(
+            matches!(outcome, Outcome::Invalid | Outcome::New),
+            "{bad}: {outcome}"
+        );
+        assert!(sticky_cookie(&r).is_some(), "a fresh cookie for {bad}");
+    }
+}
+
+#[tokio::test]
+async fn rotated_keys_keep_sessions_and_re_sign_them() {
+    let old = "the old secret of this fleet....";
+    let before = Sticky::new(backends_of(config_with(&[old]), &["b1", "b2", "b3"]));
+    let after = Sticky::new(backends_of(
+        config_with(&[SECRET, old]),
+        &["b1", "b2", "b3"],
+    ));
+    for _ in 0..10 {
+        let (cookie, home) = session(&before).await;
+        let r = get(&after, Some(&cookie)).await;
+        assert_eq!(r.extensions().get::<Outcome>(), Some(&Outcome::Refreshed));
+        let renewed = sticky_cookie(&r).expect("re-signed");
+        assert_eq!(r.into_body(), home);
+        assert_eq!(
+            get(&after, Some(&renewed))
+                .await
+                .extensions()
+                .get::<Outcome>(),
+            Some(&Outcome::Hit)
+        );
+    }
+}
+
+#[tokio::test]
+async fn draining_keeps_sessions_and_removal_fails_over_with_a_new_cookie() {
+    let backends = three();
+    let service = Sticky::new(backends.clone());
+    let mut sessions = Vec::new();
+    for _ in 0..30 {
+        sessions.push(session(&service).await);
+    }
+    backends.drain("b1").unwrap();
+    for (cookie, home) in &sessions {
+        assert_eq!(&get(&service, Some(cookie)).await.into_body(), home);
+    }
+    for _ in 0..20 {
+        assert_ne!(session(&service).await.1, "b1");
+    }
+    backends.remove("b2").unwrap();
+    for (cookie, home) in &sessions {
+        let r = get(&service, Some(cookie)).await;
+        if home == "b2" {
+            assert_eq!(
+                r.extensions().get::<Outcome>(),
+                Some(&Outcome::Failover(Reason::Removed))
+            );
+            let moved = sticky_cookie(&r).expect("a new cookie");
+            let now_on = r.into_body();
+            assert_eq!(now_on, "b3", "b1 drains, b2 is gone");
+            assert_eq!(get(&service, Some(&moved)).await.into_body(), now_on);
+        } else {
+            assert_eq!(&r.into_body(), home);
+        }
+    }
+}
+
+#[tokio::test]
+async fn strict_mode_answers_503_for_sessions_of_a_removed_backend() {
+    let backends = backends_of(
+        config_with(&[SECRET]).failover(FailoverPolicy::Strict),
+        &["b1", "b2"],
+    );
+    let service = Sticky::new(backends.clone());
+    let (cookie, home) = session(&service).await;
+    backends.remove(&home).unwrap();
+    let request = Request::get("/")
+        .header(COOKIE, &cookie)
+        .body(String::new())
+        .unwrap();
+    let error = service.clone().oneshot(request).await.unwrap_err();
+    assert!(matches!(error, Error::Rejected(Reason::Removed)), "{error}");
+    let request = Request::get("/")
+        .header(COOKIE, &cookie)
+        .body(String::new())
+        .unwrap();
+    let r = service
+        .errors_as_responses()
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+fn header_service(chain: Vec<Affinity>) -> Sticky<Svc> {
+    layer_service(
+        StickyLayer::new().affinity(chain),
+        backends_of(config_with(&[SECRET]), &["b1", "b2", "b3", "b4"]),
+    )
+}
+
+async fn spread(
+    service: &Sticky<Svc>,
+    make: impl Fn(usize) -> Request<String>,
+) -> std::collections::HashSet<String> {
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..40 {
+        let first = send(service, make(i)).await;
+        assert!(
+            first.headers().get(SET_COOKIE).is_none(),
+            "keyed sources issue no cookie"
+        );
+        let home = first.into_body();
+        for _ in 0..3 {
+            assert_eq!(send(service, make(i)).await.into_body(), home, "key {i}");
+        }
+        seen.insert(home);
+    }
+    seen
+}
+
+#[tokio::test]
+async fn every_keyed_source_sticks_and_spreads() {
+    let header = header_service(vec![Affinity::Header(HeaderName::from_static("x-user"))]);
+    let seen = spread(&header, |i| {
+        Request::get("/")
+            .header("x-user", format!("user-{i}"))
+            .body(String::new())
+            .unwrap()
+    })
+    .await;
+    assert!(seen.len() >= 3, "{seen:?}");
+
+    let app = header_service(vec![Affinity::AppCookie("JSESSIONID".into())]);
+    let seen = spread(&app, |i| {
+        Request::get("/")
+            .header(COOKIE, format!("a=b; JSESSIONID=s{i}"))
+            .body(String::new())
+            .unwrap()
+    })
+    .await;
+    assert!(seen.len() >= 3, "{seen:?}");
+
+    let query = header_service(vec![Affinity::Query("session".into())]);
+    let seen = spread(&query, |i| {
+        Request::get(format!("/x?a=1&session=q{i}"))
+            .body(String::new())
+            .unwrap()
+    })
+    .await;
+    assert!(seen.len() >= 3, "{seen:?}");
+
+    let ip = header_service(vec![Affinity::ClientIp]);
+    let seen = spread(&ip, |i| {
+        let mut r = Request::get("/").body(String::new()).unwrap();
+        r.extensions_mut()
+            .insert(SocketAddr::from(([192, 0, 2, i as u8], 5000 + i as u16)));
+        r
+    })
+    .await;
+    assert!(seen.len() >= 3, "{seen:?}");
+}
+
+#[tokio::test]
+async fn forwarded_headers_count_only_when_trusted() {
+    let request = |client: &str| {
+        let mut r = Request::get("/")
+            .header("x-forwarded-for", client)
+            .body(String::new())
+            .unwrap();
+        r.extensions_mut()
+            .insert(SocketAddr::from(([10, 0, 0, 1], 4000)));
+        r
+    };
+    let backends = backends_of(config_with(&[SECRET]), &["b1", "b2", "b3", "b4"]);
+    let untrusted = layer_service(
+        StickyLayer::new().affinity([Affinity::ClientIp]),
+        backends.clone(),
+    );
+    let homes: std::collections::HashSet<String> = futures_collect(
+        &untrusted,
+        (0..20).map(|i| request(&format!("198.51.100.{i}"))),
+    )
+    .await;
+    assert_eq!(
+        homes.len(),
+        1,
+        "without trust, every request is the proxy's IP"
+    );
+
+    let trusted = layer_service(
+        StickyLayer::new()
+            .affinity([Affinity::ClientIp])
+            .client_ip(ClientIp::TrustedHops(1)),
+        backends,
+    );
+    let homes = futures_collect(
+        &trusted,
+        (0..20).map(|i| request(&format!("198.51.100.{i}"))),
+    )
+    .await;
+    assert!(homes.len() >= 3, "{homes:?}");
+}
+
+async fn futures_collect(
+    service: &Sticky<Svc>,
+    requests: impl Iterator<Item = Request<String>>,
+) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    for r in requests {
+        out.insert(send(service, r).await.into_body());
+    }
+    out
+}
+
+#[tokio::test]
+async fn route_suffixes_in_cookie_and_path_reach_their_backend() {
+    let backends = Backends::new(
+        config_with(&[SECRET]),
+        [
+            (
+                BackendSpec::new("10.0.0.1:8080").route("node1"),
+                named("one"),
+            ),
+            (
+                BackendSpec::new("10.0.0.2:8080").route("node2"),
+                named("two"),
+            ),
+        ],
+    )
+    .unwrap();
+    let service = layer_service(
+        StickyLayer::new().affinity([Affinity::Route("JSESSIONID".into())]),
+        backends,
+    );
+    for _ in 0..5 {
+        let r = send(
+            &service,
+            Request::get("/")
+                .header(COOKIE, "JSESSIONID=ABC123.node2")
+                .body(String::new())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.into_body(), "two");
+        let r = send(
+            &service,
+            Request::get("/shop;jsessionid=XYZ.node1/cart")
+                .body(String::new())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            r.extensions().get::<Placement>().unwrap().source,
+            tower_sticky::KeySource::Route
+        );
+        assert_eq!(r.into_body(), "one");
+    }
+    let r = send(
+        &service,
+        Request::get("/")
+            .header(COOKIE, "JSESSIONID=ABC.node9")
+            .body(String::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        r.extensions().get::<Outcome>(),
+        Some(&Outcome::Invalid),
+        "unknown routes are never routed to"
+    );
+}
+
+#[tokio::test]
+async fn token_header_serves_clients_without_cookies() {
+    let name = HeaderName::from_static("x-sticky");
+    let service = layer_service(StickyLayer::new().token_header(name.clone()), three());
+    let first = get(&service, None).await;
+    let token = first.headers()[&name].to_str().unwrap().to_owned();
+    let home = first.into_body();
+    for _ in 0..5 {
+        let r = send(
+            &service,
+            Request::get("/")
+                .header(&name, &token)
+                .body(String::new())
+                .unwrap(),
+        )
+        .await;
+        assert!(r.headers().get(&name).is_none());
+        assert_eq!(r.into_body(), home);
+    }
+}
+
+/// A backend whose readiness is held until a gate opens.
+#[derive(Clone)]
+struct Gated {
+    open: Arc<tokio::sync::Notify>,
+    is_open: Arc<std::sync::atomic::AtomicBool>,
+    inner: Svc,
+}
+
+impl Service<Request<String>> for Gated {
+    type Response = Response<String>;
+    type Error = BoxError;
+    type Future = <Svc as Service<Request<String>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.is_open.load(Ordering::SeqCst) {
+            return self.inner.poll_ready(cx);
+        }
+        let notified = self.open.notified();
+        let mut notified = std::pin::pin!(notified);
+        if notified.as_mut().poll(cx).is_ready() {
+            return self.inner.poll_ready(cx);
+        }
+        // Re-poll when the gate opens.
+        let waker = cx.waker().clone();
+        let open = Arc::clone(&self.open);
+        tokio::spawn(async move {
+            open.notified().await;
+            waker.wake();
+        });
+        Poll::Pending
+    }
+
+    fn call(&mut self, request: Request<String>) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+#[tokio::test]
+async fn a_backend_slow_to_become_ready_does_not_delay_the_others() {
+    let gate = Gated {
+        open: Arc::new(tokio::sync::Notify::new()),
+        is_open: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        inner: named("slow"),
+    };
+    let backends = Backends::new(
+        config_with(&[SECRET]),
+        [
+            (BackendSpec::new("slow"), Svc::new(gate.clone())),
+            (BackendSpec::new("fast"), named("fast")),
+        ],
+    )
+    .unwrap();
+    let service = Sticky::new(backends);
+    // New sessions alternate: collect a parked request for "slow" and a
+    // session on "fast".
+    let mut parked = Vec::new();
+    let mut fast_cookie = None;
+    while fast_cookie.is_none() || parked.is_empty() {
+        let mut call = Box::pin(service.clone().oneshot(Request::new(String::new())));
+        let waker = futures_noop_waker();
+        match call.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(r) => fast_cookie = sticky_cookie(&r.unwrap()),
+            Poll::Pending => parked.push(call),
+        }
+    }
+    // The fast backend answers while the slow one is still not ready.
+    let cookie = fast_cookie.unwrap();
+    for _ in 0..10 {
+        assert_eq!(get(&service, Some(&cookie)).await.into_body(), "fast");
+    }
+    gate.is_open.store(true, Ordering::SeqCst);
+    gate.open.notify_waiters();
+    for call in parked {
+        assert_eq!(call.await.unwrap().into_body(), "slow");
+    }
+}
+
+fn futures_noop_waker() -> std::task::Waker {
+    std::task::Waker::noop().clone()
+}
+
+#[tokio::test]
+async fn connection_errors_are_retried_once_on_the_next_candidate() {
+    // "down" fails readiness: nothing is sent, the request moves on.
+    let down = Svc::new(
+        tower::service_fn(|_r: Request<String>| async {
+            Ok::<_, BoxError>(Response::new(String::new()))
+        })
+        .map_err(|e: BoxError| e),
+    );
+    let refusing = RefuseReady(down);
+    // "unsent" hands the request back from call().
+    let unsent = Svc::new(service_fn(|req: Request<String>| async move {
+        Err::<Response<String>, BoxError>(Box::new(Unsent::new(req, "connection refused")))
+    }));
+    let backends = Backends::new(
+        config_with(&[SECRET]),
+        [
+            (BackendSpec::new("a-refusing"), Svc::new(refusing)),
+            (BackendSpec::new("b-unsent"), unsent),
+            (BackendSpec::new("c-up"), named("c-up")),
+        ],
+    )
+    .unwrap();
+    let service = layer_service(
+        StickyLayer::new().affinity([Affinity::Header(HeaderName::from_static("x-k"))]),
+        backends,
+    );
+    let mut retried = 0;
+    for i in 0..60 {
+        let request = Request::get("/")
+            .header("x-k", format!("k{i}"))
+            .body(String::new())
+            .unwrap();
+        match service.clone().oneshot(request).await {
+            Ok(r) => {
+                let placement = r.extensions().get::<Placement>().unwrap().clone();
+                if placement.outcome == Outcome::Failover(Reason::Unhealthy) {
+                    retried += 1;
+                }
+                assert_eq!(r.into_body(), "c-up");
+            }
+            // Retried once only: a key whose next candidate is also down fails.
+            Err(Error::Backend { backend, .. }) => assert_ne!(backend.as_str(), "c-up"),
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(retried > 0);
+}
+
+#[derive(Clone)]
+struct RefuseReady(Svc);
+
+impl Service<Request<String>> for RefuseReady {
+    type Response = Response<String>;
+    type Error = BoxError;
+    type Future = <Svc as Service<Request<String>>>::Future;
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Err("connect: connection refused".into()))
+    }
+    fn call(&mut self, request: Request<String>) -> Self::Future {
+        self.0.call(request)
+    }
+}
+
+#[tokio::test]
+async fn failing_statuses_take_a_backend_out_and_its_sessions_fail_over() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let broken = Svc::new(service_fn(move |_r: Request<String>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            let mut r = Response::new("broken".to_string());
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            Ok::<_, BoxError>(r)
+        }
+    }));
+    let health = HealthPolicy {
+        failure_threshold: 3,
+        cooldown: std::time::Duration::from_secs(3600),
+    };
+    let backends = Backends::new(
+        config_with(&[SECRET]).health(health),
+        [
+            (BackendSpec::new("broken"), broken),
+            (BackendSpec::new("ok"), named("ok")),
+        ],
+    )
+    .unwrap();
+    let service = Sticky::new(backends.clone());
+    let mut cookie = None;
+    while cookie.is_none() {
+        let r = get(&service, None).await;
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            cookie = sticky_cookie(&r);
+        }
+    }
+    let cookie = cookie.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            get(&service, Some(&cookie)).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    let r = get(&service, Some(&cookie)).await;
+    assert_eq!(
+        r.extensions().get::<Outcome>(),
+        Some(&Outcome::Failover(Reason::Unhealthy))
+    );
+    assert_eq!(r.into_body(), "ok");
+    let status = backends.status();
+    assert_eq!(status[0].state, sticky_core::BackendState::Unhealthy);
+    assert_eq!(status[0].counters.failures, 3);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn discover_stream_drives_membership() {
+    use tower::discover::Change;
+    let backends = backends_of(config_with(&[SECRET]), &["b1"]);
+    let (tx, rx) =
+        tokio::sync::mpsc::unbounded_channel::<Result<Change<String, Svc>, Infallible>>();
+    let driver = {
+        let backends = backends.clone();
+        tokio::spawn(async move {
+            backends
+                .discover(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+                .await
+        })
+    };
+    tx.send(Ok(Change::Insert("b2".into(), named("b2"))))
+        .unwrap();
+    tx.send(Ok(Change::Remove("b1".into()))).unwrap();
+    drop(tx);
+    driver.await.unwrap().unwrap();
+    let names: Vec<String> = backends
+        .status()
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(names, vec!["b2"]);
+    assert_eq!(get(&Sticky::new(backends), None).await.into_body(), "b2");
+}
+
+/// Backends with a concrete error type, as axum routes, hyper clients and
+/// tonic channels have: the whole call is `Send` and spawns on any worker.
+type SendSvc = tower::util::BoxCloneSyncService<Request<String>, Response<String>, Infallible>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_concurrent_sessions_never_misroute() {
+    let backend = |name: &'static str| {
+        SendSvc::new(service_fn(move |_r: Request<String>| async move {
+            Ok(Response::new(name.to_string()))
+        }))
+    };
+    let names = ["b1", "b2", "b3", "b4", "b5"];
+    let backends = Backends::new(
+        config_with(&[SECRET]),
+        names.map(|n| (BackendSpec::new(n), backend(n))),
+    )
+    .unwrap();
+    let service = Sticky::new(backends.clone());
+    let misroutes = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let service = service.clone();
+        let misroutes = Arc::clone(&misroutes);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                let first = service
+                    .clone()
+                    .oneshot(Request::new(String::new()))
+                    .await
+                    .unwrap();
+                let cookie = first.headers()[SET_COOKIE]
+                    .to_str()
+                    .unwrap()
+                    .split(';')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                let home = first.into_body();
+                for _ in 0..3 {
+                    let request = Request::get("/")
+                        .header(COOKIE, &cookie)
+                        .body(String::new())
+                        .unwrap();
+                    if service.clone().oneshot(request).await.unwrap().into_body() != home {
+                        misroutes.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    // Meanwhile, weights change: bound sessions must not notice.
+    for w in [3, 1, 5, 2] {
+        backends.set_weight("b1", w).unwrap();
+        tokio::task::yield_now().await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(misroutes.load(Ordering::SeqCst), 0);
+    let total: u64 = backends
+        .status()
+        .iter()
+        .map(|s| s.counters.new_sessions)
+        .sum();
+    assert_eq!(total, 3200);
+    let hits: u64 = backends.status().iter().map(|s| s.counters.hits).sum();
+    assert_eq!(hits, 9600);
+}
