@@ -590,8 +590,10 @@ async fn a_backend_slow_to_become_ready_does_not_delay_the_others() {
     let mut fast_cookie = None;
     while fast_cookie.is_none() || parked.is_empty() {
         let mut call = Box::pin(service.clone().oneshot(Request::new(String::new())));
-        let waker = futures_noop_waker();
-        match call.as_mut().poll(&mut Context::from_waker(&waker)) {
+        match call
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        {
             Poll::Ready(r) => fast_cookie = sticky_cookie(&r.unwrap()),
             Poll::Pending => parked.push(call),
         }
@@ -606,10 +608,6 @@ async fn a_backend_slow_to_become_ready_does_not_delay_the_others() {
     for call in parked {
         assert_eq!(call.await.unwrap().into_body(), "slow");
     }
-}
-
-fn futures_noop_waker() -> std::task::Waker {
-    std::task::Waker::noop().clone()
 }
 
 #[tokio::test]
