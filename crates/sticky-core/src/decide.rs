@@ -349,7 +349,7 @@ impl Snapshot {
         now: Duration,
         issued: Option<Duration>,
     ) -> Decision {
-        let stats = self.members[m as usize].stats();
+        let stats = &self.stats[m as usize];
         match outcome {
             Outcome::Failover(_) => stats.count_failover(),
             Outcome::Hit | Outcome::Refreshed => stats.count_hit(),
@@ -379,6 +379,12 @@ impl Snapshot {
         Some(m) != exclude
             && member.spec().takes_new()
             && member.stats().admit(&self.config.health, now)
+    }
+
+    /// Like [`takes_new`](Self::takes_new) for a schedule entry, which
+    /// takes new sessions by construction: only health and exclusion left.
+    fn scheduled_ok(&self, m: u32, now: Duration, exclude: Option<u32>) -> bool {
+        Some(m) != exclude && self.stats[m as usize].admit(&self.config.health, now)
     }
 
     /// Under the load bound `c`: in-flight load per unit of weight at most
@@ -436,7 +442,7 @@ impl Snapshot {
         let n = group.next.fetch_add(1, Relaxed);
         for k in 0..len.min(8) {
             let m = group.schedule.at(n.wrapping_add(k));
-            if fits(m) && self.takes_new(m, now, exclude) {
+            if fits(m) && self.scheduled_ok(m, now, exclude) {
                 return Some(m);
             }
         }

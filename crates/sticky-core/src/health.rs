@@ -55,17 +55,19 @@ impl Default for HealthPolicy {
 /// configuration changes. All updates are single atomic operations.
 #[derive(Debug, Default)]
 pub struct BackendStats {
-    requests: AtomicU64,
-    new_sessions: AtomicU64,
-    hits: AtomicU64,
-    failovers: AtomicU64,
-    failures: AtomicU64,
-    in_flight: AtomicU64,
-    consecutive_failures: AtomicU32,
+    // What every placement reads or bumps comes first: with the Arc's two
+    // counts these fill one cache line.
     /// Milliseconds since the epoch until which the backend rests; 0 = healthy.
     down_until_ms: AtomicU64,
     /// When the current half-open probe was let through; 0 = none.
     probe_at_ms: AtomicU64,
+    new_sessions: AtomicU64,
+    hits: AtomicU64,
+    in_flight: AtomicU64,
+    failovers: AtomicU64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    consecutive_failures: AtomicU32,
 }
 
 /// A plain copy of a backend's counters, for dashboards and admin APIs.

@@ -258,6 +258,10 @@ pub struct Snapshot {
     pub(crate) membership: Membership,
     pub(crate) generation: u64,
     pub(crate) members: Box<[Member]>,
+    /// The members' stats pointers again, packed: a new-session pick reads
+    /// 8 bytes here instead of a whole member record, which keeps picks
+    /// as cheap at 10,000 members as at 3.
+    pub(crate) stats: Box<[Arc<BackendStats>]>,
     pub(crate) by_name: HashMap<BackendId, u32>,
     pub(crate) routes: HashMap<Arc<str>, u32>,
     pub(crate) groups: Box<[Group]>,
@@ -443,6 +447,7 @@ impl Snapshot {
             config,
             membership,
             generation,
+            stats: members.iter().map(|m| Arc::clone(&m.stats)).collect(),
             members: members.into(),
             by_name,
             routes,

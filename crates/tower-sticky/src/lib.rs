@@ -43,11 +43,15 @@
 //! .unwrap();
 //!
 //! // axum wants services that never fail: strict-mode rejections become
-//! // 503, backend errors 502.
+//! // 503, backend errors 502. (To map responses further, wrap it with
+//! // `tower::util::MapResponse::new`; `ServiceExt::map_response` cannot
+//! // infer the request body type here.)
 //! let carts = Sticky::new(backends.clone()).errors_as_responses();
+//! // `nest_service` hands `/cart` and everything under it to the layer
+//! // (`route_service` would match `/cart` alone).
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { "home" }))
-//!     .route_service("/cart", carts);
+//!     .nest_service("/cart", carts);
 //! # let _ = (app, StatusCode::OK);
 //! ```
 //!
