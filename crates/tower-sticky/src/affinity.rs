@@ -200,6 +200,11 @@ impl HashKey<'_> {
 }
 
 /// Every cookie of every `Cookie` header, within the limits.
+///
+/// A request `Cookie` header is only `name=value` pairs separated by `;`
+/// (RFC 6265 §4.2), so it is scanned in place: no allocation, and about a
+/// fifth of the cost of parsing each pair as a full cookie. (Cookies the
+/// layer writes are built with the `cookie` crate.)
 pub(crate) fn cookies<'a>(
     headers: &'a HeaderMap,
     limits: &Limits,
@@ -214,16 +219,17 @@ pub(crate) fn cookies<'a>(
             ok
         })
         .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
+        .flat_map(|v| v.split(';'))
         .take(limits.cookies)
-        .filter_map(|c| {
-            let c = c.ok()?;
-            let value = c.value_raw()?;
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            let name = name.trim_matches(' ');
+            let value = value.trim_matches(' ');
             let value = value
                 .strip_prefix('"')
                 .and_then(|v| v.strip_suffix('"'))
                 .unwrap_or(value);
-            Some((c.name_raw()?, value))
+            (!name.is_empty()).then_some((name, value))
         })
 }
 

@@ -241,6 +241,10 @@ impl<S> Ctx<S> {
 /// Marks a response that carries a cookie as private, unless it already is
 /// (or may not be stored at all).
 fn make_private(headers: &mut http::HeaderMap) {
+    if !headers.contains_key(CACHE_CONTROL) {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+        return;
+    }
     let existing: Vec<String> = headers
         .get_all(CACHE_CONTROL)
         .iter()
