@@ -458,6 +458,9 @@ impl Snapshot {
     /// The owner of `hash`: in the first group (by weighted rendezvous)
     /// that has a ring.
     fn keyed_owner(&self, hash: u64) -> Option<u32> {
+        if let [only] = &*self.groups {
+            return (only.weight > 0 && !only.ring.is_empty()).then(|| only.ring.first(hash));
+        }
         let g = *self.keyed_groups(hash, None).first()?;
         Some(self.groups[g as usize].ring.first(hash))
     }

@@ -28,6 +28,14 @@ pub struct PoolConfig {
     /// Seed of the stable hash for keyed placement; the same on every
     /// replica (see [`hash`](crate::hash)).
     pub hash_seed: u64,
+    /// Keyed placement buckets keys by this many top bits of their hash
+    /// (10 to 24, default 18: 262,144 buckets, a 512 KiB table). Each
+    /// backend's share strays from its weight's by about
+    /// `1/sqrt(buckets per backend)`: a few percent up to ~1,000 backends.
+    /// Raise it for larger pools (each step doubles the table). Like the
+    /// hash seed, it must be the same on every replica and must not change
+    /// under live traffic: it decides which keys go where.
+    pub keyed_table_bits: u8,
     /// Where the new-session schedule starts. Give each replica a random
     /// value so that replicas that start together do not send their first
     /// sessions to the same backend.
@@ -36,7 +44,7 @@ pub struct PoolConfig {
 
 impl PoolConfig {
     /// Defaults: rebalance on failover, default passive health, no load
-    /// bounds, hash seed 0, schedule seed 0.
+    /// bounds, hash seed 0, 2^18 keyed buckets, schedule seed 0.
     pub fn new(tokens: TokenCodec) -> Self {
         Self {
             tokens,
@@ -45,6 +53,7 @@ impl PoolConfig {
             new_session_bound: None,
             keyed_bound: None,
             hash_seed: 0,
+            keyed_table_bits: 18,
             schedule_seed: 0,
         }
     }
@@ -79,6 +88,12 @@ impl PoolConfig {
         self
     }
 
+    /// Sets the keyed-placement bucket resolution, in bits (10 to 24).
+    pub fn keyed_table_bits(mut self, bits: u8) -> Self {
+        self.keyed_table_bits = bits;
+        self
+    }
+
     /// Sets the schedule seed.
     pub fn schedule_seed(mut self, seed: u64) -> Self {
         self.schedule_seed = seed;
@@ -93,6 +108,9 @@ impl PoolConfig {
             if c.is_nan() || c < 1.0 {
                 return Err(ConfigError::LoadBound(c));
             }
+        }
+        if !crate::ring::TABLE_BITS.contains(&self.keyed_table_bits) {
+            return Err(ConfigError::TableBits(self.keyed_table_bits));
         }
         Ok(())
     }

@@ -19,10 +19,8 @@ use crate::hash::stable_hash_indexed;
 const POINTS_PER_WEIGHT: f64 = 8192.0;
 /// Total points; past this, members get proportionally fewer.
 const MAX_POINTS: f64 = (1 << 20) as f64;
-/// Buckets are the top 20 bits of a key's hash, whatever the membership:
-/// a resolution that changed with the member count would move keys
-/// between members that did not change.
-const TABLE_BITS: u32 = 20;
+/// Bucket resolutions a pool may choose (see `PoolConfig::keyed_table_bits`).
+pub(crate) const TABLE_BITS: std::ops::RangeInclusive<u8> = 10..=24;
 
 /// A member to place on the ring.
 pub(crate) struct RingMember<'a> {
@@ -31,12 +29,25 @@ pub(crate) struct RingMember<'a> {
     pub(crate) weight: u32,
 }
 
+/// Owner of each bucket's middle, in the narrowest type that fits: the
+/// table is read once per keyed request, and a small one stays in cache.
+#[derive(Debug)]
+enum Table {
+    Narrow(Box<[u16]>),
+    Wide(Box<[u32]>),
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table::Narrow(Box::default())
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Ring {
     /// (position, member), sorted.
     points: Box<[(u64, u32)]>,
-    /// Owner of each bucket's middle.
-    table: Box<[u32]>,
+    table: Table,
     shift: u32,
     members: usize,
     /// One more than the largest member index (sizes the walk's bitset).
@@ -44,7 +55,10 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
-    pub(crate) fn build(members: &[RingMember<'_>], seed: u64) -> Ring {
+    /// Places `members`; keys are bucketed by the top `table_bits` bits of
+    /// their hash. The resolution must stay the same for the life of a
+    /// pool: changing it moves keys between members that did not change.
+    pub(crate) fn build(members: &[RingMember<'_>], seed: u64, table_bits: u8) -> Ring {
         let members: Vec<&RingMember<'_>> = members.iter().filter(|m| m.weight > 0).collect();
         if members.is_empty() {
             return Ring::default();
@@ -58,19 +72,24 @@ impl Ring {
         }
         points.sort_unstable();
 
-        let shift = 64 - TABLE_BITS;
-        let mut table = Vec::with_capacity(1 << TABLE_BITS);
+        let bits = u32::from(table_bits);
+        let shift = 64 - bits;
         let mut p = 0;
-        for bucket in 0..(1u64 << TABLE_BITS) {
+        let owners = (0..(1u64 << bits)).map(|bucket| {
             let middle = (bucket << shift) | (1 << (shift - 1));
             while p < points.len() && points[p].0 < middle {
                 p += 1;
             }
-            table.push(points[p % points.len()].1);
-        }
+            points[p % points.len()].1
+        });
+        let widest = members.iter().map(|m| m.index).max().unwrap_or(0);
+        let table = match u16::try_from(widest) {
+            Ok(_) => Table::Narrow(owners.map(|m| m as u16).collect()),
+            Err(_) => Table::Wide(owners.collect()),
+        };
         Ring {
             points: points.into(),
-            table: table.into(),
+            table,
             shift,
             members: members.len(),
             index_bound: members
@@ -88,7 +107,11 @@ impl Ring {
     /// The member that owns `hash`.
     #[inline]
     pub(crate) fn first(&self, hash: u64) -> u32 {
-        self.table[(hash >> self.shift) as usize]
+        let bucket = (hash >> self.shift) as usize;
+        match &self.table {
+            Table::Narrow(t) => u32::from(t[bucket]),
+            Table::Wide(t) => t[bucket],
+        }
     }
 
     /// Every member, in the failover order of `hash` (the first is
@@ -151,7 +174,7 @@ mod tests {
                 weight: 1,
             })
             .collect();
-        Ring::build(&members, 0)
+        Ring::build(&members, 0, 18)
     }
 
     #[test]
@@ -181,7 +204,7 @@ mod tests {
                 weight: 2,
             },
         ];
-        let r = Ring::build(&members, 0);
+        let r = Ring::build(&members, 0, 18);
         assert!((0..100u64).all(|k| r.first(stable_hash(1, &k.to_le_bytes())) == 1));
     }
 }

@@ -134,6 +134,8 @@ pub enum ConfigError {
     },
     /// A load bound below 1.0 (no backend could ever be under it).
     LoadBound(f64),
+    /// A keyed-placement table resolution outside 10 to 24 bits.
+    TableBits(u8),
 }
 
 impl fmt::Display for ConfigError {
@@ -156,6 +158,12 @@ impl fmt::Display for ConfigError {
             ),
             ConfigError::LoadBound(c) => {
                 write!(f, "load bound {c} is below 1.0; use 1.25 or more")
+            }
+            ConfigError::TableBits(bits) => {
+                write!(
+                    f,
+                    "keyed table resolution of {bits} bits is outside 10 to 24; the default is 18"
+                )
             }
         }
     }
@@ -388,7 +396,7 @@ impl Snapshot {
                         weight: spec.weight,
                     })
                     .collect();
-                let ring = Ring::build(&ring_members, seed);
+                let ring = Ring::build(&ring_members, seed, config.keyed_table_bits);
                 let name = id.as_ref().map_or("", |g| g.as_str());
                 Group {
                     weight: id.as_ref().map_or(1, |g| membership.group_weight(g)),

@@ -55,7 +55,7 @@ const GOLDEN_KEYS: [(&str, &str); 24] = [
     ("user-10", "b2"),
     ("user-11", "b2"),
     ("alice@example.com", "b1"),
-    ("bob@example.com", "b4"),
+    ("bob@example.com", "b2"),
     ("192.0.2.1", "b4"),
     ("192.0.2.2", "b4"),
     ("2001:db8::1", "b5"),
