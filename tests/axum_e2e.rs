@@ -28,9 +28,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
 use tower::util::MapResponse;
+use tower::Layer;
 use tower_sticky::sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
 use tower_sticky::sticky_core::{BackendSpec, BackendState, PoolConfig};
-use tower_sticky::{Backends, Placement, Sticky};
+use tower_sticky::{Affinity, Backends, Placement, Sticky, StickyLayer};
 
 const NAMES: [&str; 3] = ["b1", "b2", "b3"];
 const SESSION_COOKIE: &str = "sid";
@@ -93,6 +94,8 @@ fn outcome_header(mut response: Response) -> Response {
     if let Some(placement) = response.extensions().get::<Placement>().cloned() {
         let value = HeaderValue::from_str(placement.outcome.as_str()).unwrap();
         response.headers_mut().insert("x-sticky-outcome", value);
+        let source = HeaderValue::from_static(placement.source.as_str());
+        response.headers_mut().insert("x-sticky-source", source);
     }
     response
 }
@@ -111,12 +114,22 @@ async fn start() -> (SocketAddr, Backends<Router>) {
         Sticky::new(backends.clone()).errors_as_responses(),
         outcome_header,
     );
+    // The same backends placed by client IP, read from axum's ConnectInfo.
+    let by_ip = MapResponse::new(
+        StickyLayer::new()
+            .affinity([Affinity::ClientIp])
+            .layer(backends.clone())
+            .errors_as_responses(),
+        outcome_header,
+    );
     let app = Router::new()
         .route("/", get(|| async { "home" }))
         .route("/health", get(|| async { "ok" }))
-        .nest_service("/cart", carts);
+        .nest_service("/cart", carts)
+        .nest_service("/by-ip", by_ip);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, backends)
 }
@@ -135,6 +148,7 @@ struct Reply {
     status: StatusCode,
     set_cookies: Vec<String>,
     outcome: Option<String>,
+    source: Option<String>,
     body: String,
 }
 
@@ -194,6 +208,10 @@ impl Browser {
             outcome: parts
                 .headers
                 .get("x-sticky-outcome")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            source: parts
+                .headers
+                .get("x-sticky-source")
                 .map(|v| v.to_str().unwrap().to_owned()),
             body: String::from_utf8(body.to_vec()).unwrap(),
         }
@@ -380,4 +398,26 @@ async fn draining_keeps_sessions_and_takes_no_new_ones() {
     assert!(!new_homes.contains_key(&drained), "{new_homes:?}");
     assert_eq!(new_homes.len(), 2, "{new_homes:?}");
     assert_eq!(new_homes.values().sum::<usize>(), 30);
+}
+
+#[tokio::test]
+async fn client_ip_affinity_reads_the_connection_peer() {
+    let (addr, _backends) = start().await;
+    let http = http_client();
+    // Two browsers with separate jars, one machine: one IP, one backend.
+    let mut a = Browser::new(&http, addr);
+    let mut b = Browser::new(&http, addr);
+    let first = a.get("/by-ip").await;
+    assert_eq!(first.source.as_deref(), Some("ip"), "{first:?}");
+    assert!(
+        first.sticky_cookie().is_none(),
+        "IP affinity issues no cookie"
+    );
+    let (home, _) = first.visit();
+    for _ in 0..5 {
+        assert_eq!(a.get("/by-ip").await.visit().0, home);
+        let other = b.get("/by-ip").await;
+        assert_eq!(other.source.as_deref(), Some("ip"));
+        assert_eq!(other.visit().0, home);
+    }
 }

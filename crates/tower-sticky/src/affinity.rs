@@ -24,7 +24,10 @@ pub enum Affinity {
     Route(String),
     /// A query parameter, hashed.
     Query(String),
-    /// The client's IP address (see [`ClientIp`]), hashed.
+    /// The client's IP address (see [`ClientIp`]), hashed. The peer
+    /// address comes from a `SocketAddr` request extension, or with the
+    /// `axum` feature from axum's `ConnectInfo<SocketAddr>` (serve with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`).
     ClientIp,
 }
 
@@ -272,9 +275,18 @@ fn ip_key(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-/// The peer address: a `SocketAddr` extension (set by the server glue).
+/// The peer address: a `SocketAddr` extension (set by the server glue),
+/// or, with the `axum` feature, axum's `ConnectInfo<SocketAddr>`.
 fn peer(parts: &Parts) -> Option<IpAddr> {
-    parts.extensions.get::<SocketAddr>().map(|a| a.ip())
+    let plain = parts.extensions.get::<SocketAddr>();
+    #[cfg(feature = "axum")]
+    let plain = plain.or_else(|| {
+        parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|info| &info.0)
+    });
+    plain.map(|a| a.ip())
 }
 
 /// Addresses a forwarding chain names, left (client) to right (nearest

@@ -204,7 +204,7 @@ impl<S> Ctx<S> {
                 headers.insert(name.clone(), value);
             }
         }
-        if !self.issue_tokens {
+        if !self.issue_tokens || !config.send_cookie {
             return;
         }
         let codec = &self.table.snapshot.config().tokens;

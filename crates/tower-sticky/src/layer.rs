@@ -50,6 +50,7 @@ pub(crate) struct Config {
     pub(crate) chain: Vec<Affinity>,
     pub(crate) cookie: CookieAttributes,
     pub(crate) token_header: Option<HeaderName>,
+    pub(crate) send_cookie: bool,
     pub(crate) strip_cookie: bool,
     pub(crate) cache_private: bool,
     pub(crate) failure_statuses: Vec<StatusCode>,
@@ -83,6 +84,7 @@ impl StickyLayer {
                 chain: vec![Affinity::Cookie],
                 cookie: CookieAttributes::default(),
                 token_header: None,
+                send_cookie: true,
                 strip_cookie: false,
                 cache_private: true,
                 failure_statuses: vec![
@@ -118,6 +120,13 @@ impl StickyLayer {
     /// API clients).
     pub fn token_header(self, name: HeaderName) -> Self {
         self.edit(|c| c.token_header = Some(name))
+    }
+
+    /// Whether tokens go out as `Set-Cookie` (default on). Turn it off for
+    /// clients that only use the [token header](Self::token_header), such
+    /// as gRPC.
+    pub fn send_cookie(self, send: bool) -> Self {
+        self.edit(|c| c.send_cookie = send)
     }
 
     /// Removes the load-balancer cookie from requests before they reach

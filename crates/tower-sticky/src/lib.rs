@@ -58,18 +58,48 @@
 //! # Example: around tonic clients
 //!
 //! gRPC clients have no cookies: key each call by a metadata entry, and let
-//! clients that have no key of their own carry the token in a header.
+//! calls without one carry the layer's token in a metadata entry instead.
+//! The stack over one lazily connected `Channel` per server is a transport
+//! any generated client takes, in place of `Channel::balance_list`.
 //!
 //! ```
 //! use http::HeaderName;
-//! use tower_sticky::{Affinity, StickyLayer};
+//! use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
+//! use sticky_core::{BackendSpec, PoolConfig};
+//! use tonic::transport::Channel;
+//! use tower::ServiceBuilder;
+//! use tower_sticky::{Affinity, Backends, StickyLayer};
 //!
-//! let layer = StickyLayer::new()
-//!     .affinity([Affinity::Header(HeaderName::from_static("x-session-id")), Affinity::Cookie])
-//!     .token_header(HeaderName::from_static("x-sticky-token"));
-//! // `ServiceBuilder::new().layer(layer).service(backends)` over
-//! // `tonic::transport::Channel`s is a transport for a tonic client.
-//! # let _ = layer;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let servers = ["10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051"];
+//! let channels = servers.map(|addr| {
+//!     let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+//!     (BackendSpec::new(addr), endpoint.connect_lazy())
+//! });
+//! let keys = KeyRing::new(["a secret shared by every replica"]).unwrap();
+//! let config = PoolConfig::new(TokenCodec::new(keys, TokenConfig::new("x-sticky-token")));
+//! let backends = Backends::new(config, channels).unwrap();
+//!
+//! let token = HeaderName::from_static("x-sticky-token");
+//! let transport = ServiceBuilder::new()
+//!     .layer(
+//!         StickyLayer::new()
+//!             .affinity([Affinity::Header(HeaderName::from_static("x-session-id")), Affinity::Cookie])
+//!             .token_header(token)
+//!             .send_cookie(false),
+//!     )
+//!     .service(backends.clone());
+//!
+//! # fn is_transport<T: tonic::client::GrpcService<tonic::body::Body>>(_: &T) {}
+//! # is_transport(&transport);
+//! // `GreeterClient::new(transport)` with a generated client; here the
+//! // untyped one:
+//! let client = tonic::client::Grpc::new(transport);
+//! # let _ = client;
+//! // Servers come and go through the handle (or a `Discover` stream).
+//! backends.drain("10.0.0.3:50051").unwrap();
+//! # }
 //! ```
 
 #![deny(missing_docs, unsafe_code, unreachable_pub, rust_2018_idioms)]

@@ -821,3 +821,16 @@ async fn thousands_of_concurrent_sessions_never_misroute() {
     let hits: u64 = backends.status().iter().map(|s| s.counters.hits).sum();
     assert_eq!(hits, 9600);
 }
+
+#[tokio::test]
+async fn header_only_clients_can_go_without_set_cookie() {
+    let name = HeaderName::from_static("x-sticky");
+    let layer = StickyLayer::new()
+        .token_header(name.clone())
+        .send_cookie(false);
+    let service = layer_service(layer, three());
+    let first = get(&service, None).await;
+    assert!(first.headers().get(&name).is_some());
+    assert!(first.headers().get(SET_COOKIE).is_none());
+    assert!(first.headers().get(CACHE_CONTROL).is_none());
+}
