@@ -285,6 +285,16 @@ impl<S> Backends<S> {
         Arc::clone(&self.shared.current.load().snapshot)
     }
 
+    /// A backend's service, by name.
+    pub fn service(&self, name: &str) -> Option<S>
+    where
+        S: Clone,
+    {
+        let table = self.shared.current.load();
+        let index = table.snapshot.index_of(name)?;
+        Some(table.services[index].clone())
+    }
+
     /// The pool's settings.
     pub fn config(&self) -> &PoolConfig {
         self.shared.pool.config()

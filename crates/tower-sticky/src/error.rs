@@ -53,8 +53,9 @@ impl std::error::Error for Error {
 }
 
 /// A request the backend gave back unsent, so the layer may retry it on
-/// the next candidate: return it (boxed) as the error of a backend service
-/// when the connection failed before anything was written.
+/// the next candidate: return it as the error of a backend service (boxed,
+/// or as the `source()` of the service's own error type) when the
+/// connection failed before anything was written.
 pub struct Unsent<B> {
     request: std::sync::Mutex<Option<http::Request<B>>>,
     source: BoxError,

@@ -238,6 +238,20 @@ impl<S> Ctx<S> {
     }
 }
 
+/// An [`Unsent`] request anywhere in an error's source chain, so that
+/// errors wrapped by other layers (or by a backend's own error type) still
+/// give the request back.
+fn find_unsent<'e, B: 'static>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e Unsent<B>> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(unsent) = e.downcast_ref::<Unsent<B>>() {
+            return Some(unsent);
+        }
+        current = e.source();
+    }
+    None
+}
+
 /// Marks a response that carries a cookie as private, unless it already is
 /// (or may not be stored at all).
 fn make_private(headers: &mut http::HeaderMap) {
@@ -325,9 +339,7 @@ where
                     }
                     Err(error) => {
                         let error: BoxError = error.into();
-                        let unsent = error
-                            .downcast_ref::<Unsent<ReqBody>>()
-                            .and_then(Unsent::take);
+                        let unsent = find_unsent::<ReqBody>(&*error).and_then(Unsent::take);
                         let next = match unsent {
                             Some(request) => this.ctx.retry(error).map(|s| (s, request)),
                             None => Err(this.ctx.backend_error(error)),

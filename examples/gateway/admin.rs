@@ -1,0 +1,763 @@
+//! The gateway's admin API and status page, served on their own listener.
+//!
+//! Every answer is JSON except the status page at `/`; every error is
+//! `{"error": "..."}` with a status that says what went wrong: 400 for a
+//! bad request (malformed JSON, a bad URL, a weight above 256), 404 for an
+//! unknown backend, 409 for a name that is already taken.
+//!
+//! A backend reads as
+//!
+//! ```json
+//! {"name": "b1", "url": "http://127.0.0.1:3001", "weight": 1, "state": "active",
+//!  "group": null,
+//!  "counters": {"requests": 120, "new_sessions": 14, "hits": 104, "failovers": 2,
+//!               "failures": 0, "in_flight": 1}}
+//! ```
+//!
+//! where `state` is `active`, `draining` (bound sessions stay, no new ones
+//! come), `disabled` (nothing goes to it; its sessions fail over) or
+//! `unhealthy` (taken out by passive health until a probe succeeds).
+//!
+//! # Endpoints
+//!
+//! With the admin listener on `127.0.0.1:9000`:
+//!
+//! ```text
+//! # The status page: one row per backend and its share of the requests,
+//! # refreshed every 2 seconds.
+//! open http://127.0.0.1:9000/
+//!
+//! # Every backend, sorted by name.
+//! curl -s http://127.0.0.1:9000/backends
+//!
+//! # Drain b1 (bound sessions stay, no new sessions), then put it back.
+//! curl -s -X POST http://127.0.0.1:9000/backends/b1/drain
+//! curl -s -X POST http://127.0.0.1:9000/backends/b1/undrain
+//!
+//! # Disable b2 (its sessions fail over), then enable it again (this also
+//! # returns a drained or unhealthy-marked backend to service).
+//! curl -s -X POST http://127.0.0.1:9000/backends/b2/disable
+//! curl -s -X POST http://127.0.0.1:9000/backends/b2/enable
+//!
+//! # Set b1's weight: 0 to 256, relative to the others; 0 drains.
+//! curl -s -X POST http://127.0.0.1:9000/backends/b1/weight/3
+//!
+//! # Add a backend (weight is optional and defaults to 1): 201 Created.
+//! curl -s -X POST http://127.0.0.1:9000/backends \
+//!      -H 'content-type: application/json' \
+//!      -d '{"name": "b3", "url": "http://127.0.0.1:3003", "weight": 2}'
+//!
+//! # Remove a backend: its sessions fail over on their next request.
+//! curl -s -X DELETE http://127.0.0.1:9000/backends/b3
+//! ```
+//!
+//! Each change answers with the backend as it is after the change (removal
+//! answers `{"removed": "b3"}`) and takes effect for the next request the
+//! gateway proxies. Nothing here shows the token keys: the admin API sees
+//! the backends, never the pool's secret.
+//!
+//! The admin API has no authentication of its own: bind it to a loopback
+//! or otherwise private address.
+
+use std::fmt::Write as _;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tower_sticky::sticky_core::{BackendSpec, ConfigError, Counters, MAX_WEIGHT};
+use tower_sticky::{BackendStatus, Backends};
+
+use crate::proxy::{ProxyOptions, Upstream};
+
+/// The admin API over `backends`; `options` configure the upstreams that
+/// `POST /backends` adds.
+pub fn router(backends: Backends<Upstream>, options: ProxyOptions) -> Router {
+    Router::new()
+        .route("/", get(status_page))
+        .route("/backends", get(list).post(add))
+        .route("/backends/{name}", axum::routing::delete(remove))
+        .route("/backends/{name}/drain", post(drain))
+        .route("/backends/{name}/undrain", post(enable))
+        .route("/backends/{name}/disable", post(disable))
+        .route("/backends/{name}/enable", post(enable))
+        .route("/backends/{name}/weight/{weight}", post(set_weight))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(Admin { backends, options })
+}
+
+#[derive(Clone)]
+struct Admin {
+    backends: Backends<Upstream>,
+    options: ProxyOptions,
+}
+
+/// One backend, as the API shows it.
+#[derive(Serialize)]
+struct BackendJson {
+    name: String,
+    url: String,
+    weight: u32,
+    state: &'static str,
+    group: Option<String>,
+    counters: CountersJson,
+}
+
+#[derive(Serialize)]
+struct CountersJson {
+    requests: u64,
+    new_sessions: u64,
+    hits: u64,
+    failovers: u64,
+    failures: u64,
+    in_flight: u64,
+}
+
+impl From<Counters> for CountersJson {
+    fn from(c: Counters) -> Self {
+        Self {
+            requests: c.requests,
+            new_sessions: c.new_sessions,
+            hits: c.hits,
+            failovers: c.failovers,
+            failures: c.failures,
+            in_flight: c.in_flight,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Removed {
+    removed: String,
+}
+
+/// The body of `POST /backends`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBackend {
+    name: String,
+    url: String,
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Serialize)]
+struct ErrorJson {
+    error: String,
+}
+
+/// An error answer: a status and a message the user can act on.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn unknown(name: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("no backend named {name:?}"))
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(error: ConfigError) -> Self {
+        match error {
+            ConfigError::Unknown(name) => Self::unknown(name.as_str()),
+            ConfigError::Duplicate(name) => Self::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "a backend named {:?} already exists; remove it first or pick another name",
+                    name.as_str()
+                ),
+            ),
+            other => Self::new(StatusCode::BAD_REQUEST, other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorJson {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// Path parameters whose rejection is a JSON error like every other.
+struct PathParams<T>(T);
+
+impl<T, S> FromRequestParts<S> for PathParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(params)) => Ok(Self(params)),
+            Err(rejection) => Err(ApiError::new(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+impl Admin {
+    /// Every backend, sorted by name, with its URL. A backend removed
+    /// between the two reads is left out.
+    fn all(&self) -> Vec<BackendJson> {
+        self.backends
+            .status()
+            .into_iter()
+            .filter_map(|status| self.to_json(status))
+            .collect()
+    }
+
+    fn to_json(&self, status: BackendStatus) -> Option<BackendJson> {
+        let url = self
+            .backends
+            .service(status.name.as_str())?
+            .url()
+            .to_owned();
+        Some(BackendJson {
+            name: status.name.as_str().to_owned(),
+            url,
+            weight: status.weight,
+            state: status.state.as_str(),
+            group: status.group.map(|g| g.as_str().to_owned()),
+            counters: status.counters.into(),
+        })
+    }
+
+    /// One backend as it is now.
+    fn backend(&self, name: &str) -> Result<Json<BackendJson>, ApiError> {
+        self.backends
+            .status()
+            .into_iter()
+            .find(|status| status.name.as_str() == name)
+            .and_then(|status| self.to_json(status))
+            .map(Json)
+            .ok_or_else(|| ApiError::unknown(name))
+    }
+
+    /// Applies `change` to backend `name` and answers with the result.
+    fn change(
+        &self,
+        name: &str,
+        what: &str,
+        change: fn(&Backends<Upstream>, &str) -> Result<(), ConfigError>,
+    ) -> Result<Json<BackendJson>, ApiError> {
+        change(&self.backends, name)?;
+        tracing::info!(backend = name, "admin: {what}");
+        self.backend(name)
+    }
+}
+
+async fn list(State(admin): State<Admin>) -> Json<Vec<BackendJson>> {
+    Json(admin.all())
+}
+
+async fn drain(
+    State(admin): State<Admin>,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<BackendJson>, ApiError> {
+    admin.change(&name, "drained", Backends::drain)
+}
+
+async fn disable(
+    State(admin): State<Admin>,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<BackendJson>, ApiError> {
+    admin.change(&name, "disabled", Backends::disable)
+}
+
+/// `enable` and `undrain`: back to active.
+async fn enable(
+    State(admin): State<Admin>,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<BackendJson>, ApiError> {
+    admin.change(&name, "enabled", Backends::enable)
+}
+
+async fn set_weight(
+    State(admin): State<Admin>,
+    PathParams((name, weight)): PathParams<(String, String)>,
+) -> Result<Json<BackendJson>, ApiError> {
+    let weight = parse_weight(&weight)?;
+    admin.backends.set_weight(&name, weight)?;
+    tracing::info!(backend = %name, weight, "admin: weight set");
+    admin.backend(&name)
+}
+
+fn parse_weight(text: &str) -> Result<u32, ApiError> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|&weight| weight <= MAX_WEIGHT)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("weight {text:?} is not a whole number from 0 to {MAX_WEIGHT} (0 drains)"),
+            )
+        })
+}
+
+/// `POST /backends`. The body is read as JSON whatever its content type,
+/// so a plain `curl -d` works too.
+async fn add(
+    State(admin): State<Admin>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<BackendJson>), ApiError> {
+    let new: NewBackend = serde_json::from_slice(&body).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body is not a backend ({error}); send \
+                 {{\"name\": \"b3\", \"url\": \"http://host:port\", \"weight\": 1}}"
+            ),
+        )
+    })?;
+    if new.weight > MAX_WEIGHT {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "weight {} is too large; weights go from 0 to {MAX_WEIGHT}",
+                new.weight
+            ),
+        ));
+    }
+    let upstream = Upstream::new(&new.url, &admin.options)
+        .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
+    let url = upstream.url().to_owned();
+    admin.backends.add(
+        BackendSpec::new(new.name.as_str()).weight(new.weight),
+        upstream,
+    )?;
+    tracing::info!(backend = %new.name, %url, weight = new.weight, "admin: backend added");
+    Ok((StatusCode::CREATED, admin.backend(&new.name)?))
+}
+
+async fn remove(
+    State(admin): State<Admin>,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<Removed>, ApiError> {
+    admin.backends.remove(&name)?;
+    tracing::info!(backend = %name, "admin: backend removed");
+    Ok(Json(Removed { removed: name }))
+}
+
+async fn no_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see GET /backends, POST /backends, DELETE /backends/NAME and \
+         POST /backends/NAME/{drain,undrain,disable,enable,weight/N}",
+    )
+}
+
+async fn wrong_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint does not take that method; changes are POST (DELETE to remove), reads are GET",
+    )
+}
+
+/// `GET /`: the status page.
+async fn status_page(State(admin): State<Admin>) -> Html<String> {
+    Html(render_page(&admin.all()))
+}
+
+fn render_page(backends: &[BackendJson]) -> String {
+    let total: u64 = backends.iter().map(|b| b.counters.requests).sum();
+    let mut rows = String::new();
+    for b in backends {
+        let share = if total == 0 {
+            0.0
+        } else {
+            b.counters.requests as f64 * 100.0 / total as f64
+        };
+        let c = &b.counters;
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            rows,
+            "<tr><td>{name}</td><td>{url}</td><td class=\"{state}\">{state}</td>\
+             <td>{weight}</td><td>{new}</td><td>{requests}</td><td>{hits}</td>\
+             <td>{failovers}</td><td>{failures}</td><td>{in_flight}</td>\
+             <td class=\"share\"><div class=\"bar\"><div style=\"width:{share:.1}%\"></div></div>\
+             {share:.1}%</td></tr>",
+            name = escape(&b.name),
+            url = escape(&b.url),
+            state = b.state,
+            weight = b.weight,
+            new = c.new_sessions,
+            requests = c.requests,
+            hits = c.hits,
+            failovers = c.failovers,
+            failures = c.failures,
+            in_flight = c.in_flight,
+        );
+    }
+    if backends.is_empty() {
+        rows.push_str(
+            "<tr><td colspan=\"11\">No backends. Add one with POST /backends.</td></tr>\n",
+        );
+    }
+    format!(
+        "<!doctype html>
+<html lang=\"en\">
+<head>
+<meta charset=\"utf-8\">
+<meta http-equiv=\"refresh\" content=\"2\">
+<title>tower-sticky gateway</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; }}
+th, td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }}
+th:nth-child(-n+3), td:nth-child(-n+3) {{ text-align: left; }}
+th {{ background: #f4f4f4; }}
+.active {{ color: #1a7f37; }}
+.draining {{ color: #9a6700; }}
+.disabled {{ color: #666; }}
+.unhealthy {{ color: #cf222e; font-weight: bold; }}
+.share {{ white-space: nowrap; }}
+.bar {{ display: inline-block; width: 160px; height: 10px; background: #eee; margin-right: 6px; }}
+.bar div {{ height: 100%; background: #0969da; }}
+footer {{ margin-top: 1em; color: #666; }}
+</style>
+</head>
+<body>
+<h1>tower-sticky gateway</h1>
+<p>{count} backend(s), {total} request(s) in all. This page refreshes every 2 seconds.</p>
+<table>
+<thead><tr><th>Name</th><th>URL</th><th>State</th><th>Weight</th><th>New sessions</th>\
+<th>Requests</th><th>Hits</th><th>Failovers</th><th>Failures</th><th>In flight</th>\
+<th>Share of requests</th></tr></thead>
+<tbody>
+{rows}</tbody>
+</table>
+<footer>JSON: <a href=\"/backends\">/backends</a></footer>
+</body>
+</html>
+",
+        count = backends.len(),
+    )
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::{to_bytes, Body};
+    use axum::http::{header, Method, Request};
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+    use tower_sticky::sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
+    use tower_sticky::sticky_core::PoolConfig;
+
+    const SECRET: &str = "a test secret of 32 bytes..........";
+
+    fn admin() -> Router {
+        let upstream = |url: &str| Upstream::new(url, &ProxyOptions::default()).unwrap();
+        let config = PoolConfig::new(TokenCodec::new(
+            KeyRing::new([SECRET]).unwrap(),
+            TokenConfig::new("sticky"),
+        ));
+        let backends = Backends::new(
+            config,
+            [
+                (BackendSpec::new("b1"), upstream("http://127.0.0.1:9")),
+                (BackendSpec::new("b2"), upstream("http://127.0.0.1:10/")),
+            ],
+        )
+        .unwrap();
+        router(backends, ProxyOptions::default())
+    }
+
+    async fn call(
+        router: &Router,
+        method: Method,
+        uri: &str,
+        body: &str,
+    ) -> (StatusCode, Option<String>, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    async fn json_call(
+        router: &Router,
+        method: Method,
+        uri: &str,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let (status, content_type, body) = call(router, method, uri, body).await;
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/json"),
+            "{uri}: {body}"
+        );
+        (status, serde_json::from_str(&body).unwrap())
+    }
+
+    fn names(list: &Value) -> Vec<&str> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn lists_backends_sorted_with_urls_and_counters() {
+        let admin = admin();
+        let (status, list) = json_call(&admin, Method::GET, "/backends", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(names(&list), ["b1", "b2"]);
+        assert_eq!(
+            list[0],
+            json!({
+                "name": "b1", "url": "http://127.0.0.1:9", "weight": 1, "state": "active",
+                "group": null,
+                "counters": {"requests": 0, "new_sessions": 0, "hits": 0, "failovers": 0,
+                             "failures": 0, "in_flight": 0}
+            })
+        );
+        assert_eq!(list[1]["url"], "http://127.0.0.1:10");
+        assert_eq!(list[1]["state"], "active");
+    }
+
+    #[tokio::test]
+    async fn state_changes_answer_with_the_backend() {
+        let admin = admin();
+        let (status, b1) = json_call(&admin, Method::POST, "/backends/b1/drain", "").await;
+        assert_eq!((status, &b1["state"]), (StatusCode::OK, &json!("draining")));
+        let (_, list) = json_call(&admin, Method::GET, "/backends", "").await;
+        assert_eq!(list[0]["state"], "draining");
+        assert_eq!(list[1]["state"], "active");
+
+        let (_, b1) = json_call(&admin, Method::POST, "/backends/b1/undrain", "").await;
+        assert_eq!(b1["state"], "active");
+        let (_, b2) = json_call(&admin, Method::POST, "/backends/b2/disable", "").await;
+        assert_eq!(b2["state"], "disabled");
+        let (_, b2) = json_call(&admin, Method::POST, "/backends/b2/enable", "").await;
+        assert_eq!(b2["state"], "active");
+    }
+
+    #[tokio::test]
+    async fn weights_are_checked() {
+        let admin = admin();
+        let (status, b2) = json_call(&admin, Method::POST, "/backends/b2/weight/256", "").await;
+        assert_eq!((status, &b2["weight"]), (StatusCode::OK, &json!(256)));
+        for bad in ["300", "-1", "abc", "1.5"] {
+            let uri = format!("/backends/b2/weight/{bad}");
+            let (status, error) = json_call(&admin, Method::POST, &uri, "").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(
+                error["error"].as_str().unwrap().contains("0 to 256"),
+                "{error}"
+            );
+        }
+        let (_, list) = json_call(&admin, Method::GET, "/backends", "").await;
+        assert_eq!(list[1]["weight"], 256);
+    }
+
+    #[tokio::test]
+    async fn unknown_backends_are_404_everywhere() {
+        let admin = admin();
+        let expected = json!({"error": "no backend named \"nope\""});
+        for (method, uri) in [
+            (Method::POST, "/backends/nope/drain"),
+            (Method::POST, "/backends/nope/undrain"),
+            (Method::POST, "/backends/nope/disable"),
+            (Method::POST, "/backends/nope/enable"),
+            (Method::POST, "/backends/nope/weight/2"),
+            (Method::DELETE, "/backends/nope"),
+        ] {
+            let (status, error) = json_call(&admin, method, uri, "").await;
+            assert_eq!(
+                (status, &error),
+                (StatusCode::NOT_FOUND, &expected),
+                "{uri}"
+            );
+        }
+        let (status, error) = json_call(&admin, Method::GET, "/nowhere", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(error["error"].is_string());
+        let (status, error) = json_call(&admin, Method::GET, "/backends/b1/drain", "").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(error["error"].is_string());
+    }
+
+    #[tokio::test]
+    async fn add_and_remove() {
+        let admin = admin();
+        let body = r#"{"name": "b3", "url": "http://127.0.0.1:11", "weight": 2}"#;
+        let (status, b3) = json_call(&admin, Method::POST, "/backends", body).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(
+            (&b3["name"], &b3["url"], &b3["weight"], &b3["state"]),
+            (
+                &json!("b3"),
+                &json!("http://127.0.0.1:11"),
+                &json!(2),
+                &json!("active")
+            )
+        );
+        let (_, list) = json_call(&admin, Method::GET, "/backends", "").await;
+        assert_eq!(names(&list), ["b1", "b2", "b3"]);
+
+        let (status, b4) = json_call(
+            &admin,
+            Method::POST,
+            "/backends",
+            r#"{"name": "b4", "url": "http://127.0.0.1:12"}"#,
+        )
+        .await;
+        assert_eq!((status, &b4["weight"]), (StatusCode::CREATED, &json!(1)));
+
+        let (status, error) = json_call(&admin, Method::POST, "/backends", body).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            error["error"].as_str().unwrap().contains("\"b3\""),
+            "{error}"
+        );
+
+        let (status, removed) = json_call(&admin, Method::DELETE, "/backends/b3", "").await;
+        assert_eq!(
+            (status, removed),
+            (StatusCode::OK, json!({"removed": "b3"}))
+        );
+        let (_, list) = json_call(&admin, Method::GET, "/backends", "").await;
+        assert_eq!(names(&list), ["b1", "b2", "b4"]);
+    }
+
+    #[tokio::test]
+    async fn bad_additions_are_400() {
+        let admin = admin();
+        for body in [
+            "",
+            "not json",
+            r#"{"url": "http://127.0.0.1:11"}"#,
+            r#"{"name": "b3", "url": "http://127.0.0.1:11", "wieght": 2}"#,
+            r#"{"name": "b3", "url": "http://127.0.0.1:11", "weight": -1}"#,
+            r#"{"name": "b3", "url": "http://127.0.0.1:11", "weight": 257}"#,
+            r#"{"name": "b3", "url": "https://127.0.0.1:11"}"#,
+            r#"{"name": "b3", "url": "127.0.0.1 11"}"#,
+            r#"{"name": "", "url": "http://127.0.0.1:11"}"#,
+        ] {
+            let (status, error) = json_call(&admin, Method::POST, "/backends", body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {error}");
+            assert!(error["error"].is_string());
+        }
+        let (_, list) = json_call(&admin, Method::GET, "/backends", "").await;
+        assert_eq!(names(&list), ["b1", "b2"]);
+    }
+
+    #[tokio::test]
+    async fn status_page_lists_backends_and_refreshes() {
+        let admin = admin();
+        json_call(
+            &admin,
+            Method::POST,
+            "/backends",
+            r#"{"name": "<b&\"3\">", "url": "http://127.0.0.1:11"}"#,
+        )
+        .await;
+        let (status, content_type, page) = call(&admin, Method::GET, "/", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(content_type.unwrap().starts_with("text/html"));
+        assert!(page.contains("<title>tower-sticky gateway</title>"));
+        assert!(page.contains("<td>b1</td>") && page.contains("<td>b2</td>"));
+        assert!(page.contains("http://127.0.0.1:9"));
+        assert!(page.contains("<td>&lt;b&amp;&quot;3&quot;&gt;</td>"));
+        assert!(!page.contains("<b&"));
+        assert!(page.contains("content=\"2\""));
+    }
+
+    #[tokio::test]
+    async fn the_secret_never_shows() {
+        let admin = admin();
+        for uri in ["/", "/backends", "/backends/b1/drain", "/nowhere"] {
+            let (_, _, body) = call(&admin, Method::GET, uri, "").await;
+            assert!(!body.contains(SECRET), "{uri}");
+        }
+    }
+
+    #[test]
+    fn status_page_shows_each_share_of_requests() {
+        let backend = |name: &str, requests| BackendJson {
+            name: name.to_owned(),
+            url: format!("http://{name}:80"),
+            weight: 1,
+            state: "active",
+            group: None,
+            counters: CountersJson {
+                requests,
+                new_sessions: 0,
+                hits: 0,
+                failovers: 0,
+                failures: 0,
+                in_flight: 0,
+            },
+        };
+        let page = render_page(&[backend("a", 1), backend("b", 3)]);
+        assert!(page.contains("width:25.0%") && page.contains("width:75.0%"));
+        let page = render_page(&[backend("a", 0)]);
+        assert!(page.contains("width:0.0%"));
+        assert!(render_page(&[]).contains("No backends"));
+    }
+
+    #[test]
+    fn escapes_html() {
+        assert_eq!(
+            escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! The gateway's command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, ValueEnum};
+use http::HeaderName;
+use tower_sticky::sticky_core::MAX_WEIGHT;
+use tower_sticky::Affinity;
+
+/// A sticky-session reverse proxy built on tower-sticky.
+///
+/// With no --backend, three demo backends start in this process on loopback
+/// ports; each answers with its name and a per-session visit counter kept
+/// in its own memory, so `curl -c jar -b jar localhost:8080` shows
+/// stickiness at once.
+#[derive(Parser, Debug)]
+#[command(name = "gateway", version)]
+pub struct Args {
+    /// Address to serve clients on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// A backend, as NAME=URL (http://host:port). Repeat for each backend.
+    /// When given, no demo backends start.
+    #[arg(long = "backend", value_name = "NAME=URL", value_parser = name_value)]
+    pub backends: Vec<(String, String)>,
+
+    /// A backend's weight, as NAME=N (default 1; 0 drains: bound sessions
+    /// stay, no new ones come). Weights go from 0 to 256.
+    #[arg(long = "weight", value_name = "NAME=N", value_parser = name_weight)]
+    pub weights: Vec<(String, u32)>,
+
+    /// Puts a backend in a group, as NAME=GROUP, for two-tier balancing
+    /// (e.g. A/B versions): group weights pick a group for a new session,
+    /// backend weights pick inside it.
+    #[arg(long = "group", value_name = "NAME=GROUP", value_parser = name_value)]
+    pub groups: Vec<(String, String)>,
+
+    /// A group's weight, as GROUP=N (default 1).
+    #[arg(long = "group-weight", value_name = "GROUP=N", value_parser = name_weight)]
+    pub group_weights: Vec<(String, u32)>,
+
+    /// Where affinity comes from, tried in order (first present wins):
+    /// `cookie` (the signed load-balancer cookie), `header:NAME`,
+    /// `app-cookie:NAME`, `route:NAME` (Tomcat `<id>.<route>` suffix in
+    /// cookie NAME or the `;NAME=` path parameter), `query:NAME`, `ip`.
+    /// Default: cookie.
+    #[arg(long = "affinity", value_name = "SOURCE", value_parser = affinity)]
+    pub affinity: Vec<Affinity>,
+
+    /// Name of the load-balancer cookie.
+    #[arg(long, value_name = "NAME", default_value = "sticky", value_parser = cookie_name)]
+    pub cookie_name: String,
+
+    /// Longest life of a session from its first request, in seconds; also
+    /// the cookie's Max-Age. Default: unlimited (a browser-session cookie).
+    #[arg(long, value_name = "SECS")]
+    pub max_age: Option<u64>,
+
+    /// Longest gap between a session's requests, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+
+    /// File of secrets, one per line, newest first: the first signs
+    /// cookies, all verify them. Without it, the STICKY_SECRET environment
+    /// variable; without either, a random key (replicas will not agree).
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+
+    /// What happens to a session whose backend is gone or failing:
+    /// `rebalance` moves it (with a new cookie), `strict` answers 503.
+    #[arg(long, value_enum, default_value_t = Failover::Rebalance)]
+    pub failover: Failover,
+
+    /// How many proxies in front of the gateway to trust in
+    /// X-Forwarded-For (for `--affinity ip`). Default 0: the peer address.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub trusted_proxies: usize,
+
+    /// Address of the admin API and status page.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    pub admin_listen: SocketAddr,
+
+    /// Forward the client's Host header instead of the backend's.
+    #[arg(long)]
+    pub preserve_host: bool,
+}
+
+/// The failover policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Failover {
+    /// Move the session to another backend, with a new cookie.
+    Rebalance,
+    /// Answer 503.
+    Strict,
+}
+
+fn name_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() && !value.is_empty() => {
+            Ok((name.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
+}
+
+fn name_weight(s: &str) -> Result<(String, u32), String> {
+    let (name, value) = name_value(s)?;
+    match value.parse::<u32>() {
+        Ok(n) if n <= MAX_WEIGHT => Ok((name, n)),
+        _ => Err(format!(
+            "weight {value:?} is not a whole number from 0 to {MAX_WEIGHT}"
+        )),
+    }
+}
+
+fn header_name(s: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("{s:?} is not a header name"))
+}
+
+fn cookie_name(s: &str) -> Result<String, String> {
+    let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+    if !s.is_empty() && s.chars().all(token) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)"
+        ))
+    }
+}
+
+fn affinity(s: &str) -> Result<Affinity, String> {
+    let (kind, name) = match s.split_once(':') {
+        Some((kind, name)) => (kind, Some(name)),
+        None => (s, None),
+    };
+    let named = |what: &str| {
+        name.filter(|n| !n.is_empty())
+            .ok_or_else(|| format!("{kind} needs a {what}: {kind}:NAME"))
+    };
+    match kind {
+        "cookie" if name.is_none() => Ok(Affinity::Cookie),
+        "ip" if name.is_none() => Ok(Affinity::ClientIp),
+        "header" => Ok(Affinity::Header(header_name(named("header name")?)?)),
+        "app-cookie" => Ok(Affinity::AppCookie(cookie_name(named("cookie name")?)?)),
+        "route" => Ok(Affinity::Route(cookie_name(named("cookie name")?)?)),
+        "query" => Ok(Affinity::Query(named("parameter name")?.to_owned())),
+        _ => Err(format!(
+            "{s:?} is not a source; use cookie, header:NAME, app-cookie:NAME, route:NAME, query:NAME or ip"
+        )),
+    }
+}
+
+/// Exits with status 2 and a message naming `flag`, as clap does for
+/// values it rejects itself.
+pub fn fail(flag: &str, message: impl std::fmt::Display) -> ! {
+    Args::command()
+        .error(ErrorKind::InvalidValue, format!("{flag}: {message}"))
+        .exit()
+}
+
+impl Args {
+    /// Checks what clap cannot: that names refer to backends that exist.
+    pub fn check(&self, names: &[String]) {
+        let known = |n: &String| names.contains(n);
+        let mut seen = std::collections::HashSet::new();
+        for (name, _) in &self.backends {
+            if !seen.insert(name) {
+                fail("--backend", format!("{name:?} is given twice"));
+            }
+        }
+        for (name, _) in &self.weights {
+            if !known(name) {
+                fail("--weight", format!("no backend is named {name:?}"));
+            }
+        }
+        for (name, _) in &self.groups {
+            if !known(name) {
+                fail("--group", format!("no backend is named {name:?}"));
+            }
+        }
+        for (group, _) in &self.group_weights {
+            if !self.groups.iter().any(|(_, g)| g == group) {
+                fail(
+                    "--group-weight",
+                    format!("no backend is in group {group:?}"),
+                );
+            }
+        }
+        if self.max_age == Some(0) {
+            fail("--max-age", "must be at least 1 second");
+        }
+        if self.idle_timeout == Some(0) {
+            fail("--idle-timeout", "must be at least 1 second");
+        }
+    }
+}

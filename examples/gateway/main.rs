@@ -1,0 +1,252 @@
+//! The tower-sticky gateway: a reverse proxy with sticky sessions.
+//!
+//! ```text
+//! cargo run --release --example gateway
+//! curl -c jar -b jar localhost:8080      # the same backend every time
+//! open http://127.0.0.1:8081/            # status page and admin API
+//! ```
+//!
+//! With no `--backend`, three demo backends start in this process; each
+//! answers with its name and a per-session visit counter kept in its own
+//! memory. See `--help` for every flag.
+
+mod admin;
+mod cli;
+mod demo;
+mod proxy;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tower::{Layer, ServiceExt};
+use tower_sticky::sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
+use tower_sticky::sticky_core::{BackendSpec, FailoverPolicy, PoolConfig};
+use tower_sticky::{Affinity, Backends, ClientIp, Error, StickyLayer};
+
+use cli::{fail, Args, Failover};
+use proxy::{ProxyOptions, Upstream};
+
+/// How long shutdown waits for requests under way.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+
+    let backends_given: Vec<(String, String)> = if args.backends.is_empty() {
+        let mut started = Vec::new();
+        for name in ["b1", "b2", "b3"] {
+            match demo::start(name).await {
+                Ok(address) => started.push((name.to_owned(), format!("http://{address}"))),
+                Err(error) => {
+                    eprintln!("error: could not start demo backend {name}: {error}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        started
+    } else {
+        args.backends.clone()
+    };
+    let names: Vec<String> = backends_given.iter().map(|(n, _)| n.clone()).collect();
+    args.check(&names);
+
+    let options = ProxyOptions {
+        preserve_host: args.preserve_host,
+    };
+    let mut members = Vec::new();
+    for (name, url) in &backends_given {
+        let upstream = Upstream::new(url, &options).unwrap_or_else(|e| fail("--backend", e));
+        let mut spec = BackendSpec::new(name.as_str());
+        if let Some((_, w)) = args.weights.iter().rev().find(|(n, _)| n == name) {
+            spec = spec.weight(*w);
+        }
+        if let Some((_, g)) = args.groups.iter().rev().find(|(n, _)| n == name) {
+            spec = spec.group(g.as_str());
+        }
+        members.push((spec, upstream));
+    }
+
+    let mut token = TokenConfig::new(args.cookie_name.clone());
+    if let Some(secs) = args.max_age {
+        token = token.max_lifetime(Duration::from_secs(secs));
+    }
+    if let Some(secs) = args.idle_timeout {
+        token = token.idle_timeout(Duration::from_secs(secs));
+    }
+    let config = PoolConfig::new(TokenCodec::new(key_ring(&args), token))
+        .failover(match args.failover {
+            Failover::Rebalance => FailoverPolicy::Rebalance,
+            Failover::Strict => FailoverPolicy::Strict,
+        })
+        .schedule_seed(random_u64());
+    let backends = Backends::new(config, members).unwrap_or_else(|e| fail("--backend", e));
+    for (group, weight) in &args.group_weights {
+        backends
+            .set_group_weight(group.as_str(), *weight)
+            .unwrap_or_else(|e| fail("--group-weight", e));
+    }
+
+    let chain = if args.affinity.is_empty() {
+        vec![Affinity::Cookie]
+    } else {
+        args.affinity.clone()
+    };
+    let client_ip = match args.trusted_proxies {
+        0 => ClientIp::Peer,
+        hops => ClientIp::TrustedHops(hops),
+    };
+    let sticky = StickyLayer::new()
+        .affinity(chain)
+        .client_ip(client_ip)
+        .layer(backends.clone());
+
+    let listener = bind(args.listen, "--listen").await;
+    let admin_listener = bind(args.admin_listen, "--admin-listen").await;
+    println!("gateway listening on http://{}", args.listen);
+    println!("admin and status page on http://{}", args.admin_listen);
+    for (name, url) in &backends_given {
+        println!("  backend {name} at {url}");
+    }
+    if args.backends.is_empty() {
+        println!("try: curl -c jar -b jar http://{}/", args.listen);
+    }
+
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(async move {
+        let app = admin::router(backends, options);
+        let _ = axum::serve(admin_listener, app)
+            .with_graceful_shutdown(async {
+                let _ = admin_stopped.await;
+            })
+            .await;
+    });
+
+    let server = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let sticky = sticky.clone();
+                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(peer);
+                    let call = sticky.clone().oneshot(request);
+                    async move { Ok::<_, Infallible>(call.await.unwrap_or_else(error_response)) }
+                });
+                let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "client connection ended");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    eprintln!("shutting down: finishing requests under way");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => eprintln!("gave up waiting after {DRAIN_TIMEOUT:?}"),
+    }
+    let _ = stop_admin.send(());
+    let _ = admin.await;
+}
+
+/// 503 for a session that may not move (strict mode) or no backend at
+/// all; 502 for a backend that failed.
+fn error_response(error: Error) -> http::Response<proxy::Body> {
+    let message = match &error {
+        Error::Rejected(_) => "no backend can serve this session",
+        Error::Backend { .. } => "the backend could not be reached",
+    };
+    tracing::warn!(%error, status = error.status().as_u16(), "request failed");
+    proxy::text(error.status(), message)
+}
+
+async fn bind(address: SocketAddr, flag: &str) -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("error: {flag} {address}: {e}");
+            std::process::exit(1);
+        })
+}
+
+/// The key ring: from --secret-file, else STICKY_SECRET, else a random key.
+fn key_ring(args: &Args) -> KeyRing {
+    if let Some(path) = &args.secret_file {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| fail("--secret-file", format!("{}: {e}", path.display())));
+        let secrets: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        return KeyRing::new(secrets)
+            .unwrap_or_else(|e| fail("--secret-file", format!("{}: {e}", path.display())));
+    }
+    if let Ok(secret) = std::env::var("STICKY_SECRET") {
+        return KeyRing::new([secret.trim()]).unwrap_or_else(|e| fail("STICKY_SECRET", e));
+    }
+    let mut secret = [0u8; 32];
+    if let Err(error) = getrandom::fill(&mut secret) {
+        eprintln!("error: no random source for a key: {error}");
+        std::process::exit(1);
+    }
+    eprintln!(
+        "warning: no --secret-file or STICKY_SECRET: using a random key; \
+         cookies will not survive a restart and replicas will not agree"
+    );
+    KeyRing::new([secret]).unwrap_or_else(|e| fail("--secret-file", e))
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
