@@ -241,7 +241,9 @@ impl<S> Ctx<S> {
 /// An [`Unsent`] request anywhere in an error's source chain, so that
 /// errors wrapped by other layers (or by a backend's own error type) still
 /// give the request back.
-fn find_unsent<'e, B: 'static>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e Unsent<B>> {
+fn find_unsent<'e, B: 'static>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e Unsent<B>> {
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(unsent) = e.downcast_ref::<Unsent<B>>() {
