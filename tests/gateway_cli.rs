@@ -1,0 +1,116 @@
+//! The gateway's command line: bad flags and values exit with status 2 and
+//! a message that names the flag, before anything listens.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn gateway() -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>/examples/gateway
+    let exe = std::env::current_exe().expect("the test's own path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .join("examples")
+        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "build it with `cargo build --example gateway` (cargo test --workspace builds it)"
+    );
+    path
+}
+
+/// Runs the gateway with `args` on ports nothing else uses; it must fail.
+fn rejected(args: &[&str]) -> (i32, String) {
+    let output = Command::new(gateway())
+        .args(["--listen", "127.0.0.1:1", "--admin-listen", "127.0.0.1:1"])
+        .args(args)
+        .env_remove("STICKY_SECRET")
+        .output()
+        .expect("the gateway runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn bad_flags_exit_2_naming_the_flag() {
+    let secret =
+        std::env::temp_dir().join(format!("gateway-cli-short-secret-{}", std::process::id()));
+    std::fs::write(&secret, "short\n").unwrap();
+    let secret = secret.to_string_lossy().into_owned();
+    let cases: [(&[&str], &str); 12] = [
+        (&["--no-such-flag"], "--no-such-flag"),
+        (&["--listen", "nowhere"], "--listen"),
+        (&["--backend", "b1"], "--backend"),
+        (&["--backend", "b1=ftp://x:21"], "--backend"),
+        (
+            &[
+                "--backend",
+                "b1=http://127.0.0.1:9",
+                "--backend",
+                "b1=http://127.0.0.1:10",
+            ],
+            "--backend",
+        ),
+        (
+            &["--backend", "b1=http://127.0.0.1:9", "--weight", "b1=300"],
+            "--weight",
+        ),
+        (
+            &["--backend", "b1=http://127.0.0.1:9", "--weight", "b9=3"],
+            "--weight",
+        ),
+        (
+            &["--backend", "b1=http://127.0.0.1:9", "--group", "b9=v2"],
+            "--group",
+        ),
+        (&["--affinity", "header"], "--affinity"),
+        (&["--affinity", "carrier-pigeon"], "--affinity"),
+        (&["--failover", "sometimes"], "--failover"),
+        (
+            &[
+                "--backend",
+                "b1=http://127.0.0.1:9",
+                "--secret-file",
+                &secret,
+            ],
+            "--secret-file",
+        ),
+    ];
+    for (args, flag) in cases {
+        let (code, stderr) = rejected(args);
+        assert_eq!(code, 2, "{args:?} should exit 2; stderr: {stderr}");
+        assert!(
+            stderr.contains(flag),
+            "{args:?}: the message should name {flag}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let output = Command::new(gateway())
+        .arg("--help")
+        .output()
+        .expect("the gateway runs");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--listen",
+        "--backend",
+        "--weight",
+        "--group",
+        "--group-weight",
+        "--affinity",
+        "--cookie-name",
+        "--max-age",
+        "--idle-timeout",
+        "--secret-file",
+        "--failover",
+        "--trusted-proxies",
+        "--admin-listen",
+        "--preserve-host",
+    ] {
+        assert!(help.contains(flag), "--help does not mention {flag}");
+    }
+}
