@@ -296,6 +296,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        // `Connection: upgrade` names the Upgrade header itself, which an
+        // upgrade must carry to the backend.
+        if keep_upgrade && name == header::UPGRADE {
+            continue;
+        }
         headers.remove(name);
     }
     if keep_upgrade {

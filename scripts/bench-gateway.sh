@@ -1,0 +1,537 @@
+#!/usr/bin/env bash
+# Compares the gateway example (examples/gateway) with HAProxy (cookie
+# insert) and nginx (`hash $cookie_sticky consistent`) in one run: the same
+# three loopback backends, the same load generator (wrk), one proxy running
+# at a time. Prints a Markdown report on standard output.
+#
+#   scripts/bench-gateway.sh              # from anywhere in the repository
+#
+# Settings (environment variables, all optional):
+#   DURATION=10       seconds of each measured wrk run
+#   WARMUP=2          seconds of the discarded warm-up run before each
+#   WRK_THREADS=2     wrk -t
+#   WRK_CONNECTIONS=64  wrk -c
+#   PROXY_THREADS=$(nproc)  threads for each proxy: the gateway's tokio
+#                     workers (TOKIO_WORKER_THREADS), HAProxy's nbthread,
+#                     nginx's worker_processes
+#
+# Needs root for apt-get when haproxy, nginx, wrk or curl are missing.
+# Everything listens on 127.0.0.1 only; every process started here is
+# stopped, and the temporary directory removed, on exit.
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+WRK_THREADS=${WRK_THREADS:-2}
+WRK_CONNECTIONS=${WRK_CONNECTIONS:-64}
+PROXY_THREADS=${PROXY_THREADS:-$(nproc)}
+
+BACKEND_PORTS=(9101 9102 9103)
+GATEWAY_PORT=9201
+GATEWAY_ADMIN_PORT=9291
+HAPROXY_PORT=9202
+NGINX_PORT=9203
+NGINX_COOKIE='sticky=some-session-id'
+# A fixed benchmark-only signing key (>= 16 bytes); nothing outside this
+# run ever sees a cookie signed with it.
+GATEWAY_SECRET='bench-gateway-secret-0123456789abcdef'
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+log() { printf '%s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# --- tools -----------------------------------------------------------------
+
+missing=()
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v nginx >/dev/null || missing+=(nginx)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]} from Debian's packages"
+    apt-get update >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >&2
+fi
+for tool in haproxy nginx wrk curl cargo rustc awk sed timeout; do
+    command -v "$tool" >/dev/null || die "$tool not found"
+done
+
+# --- processes and the temporary directory ----------------------------------
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/bench-gateway.XXXXXX")
+# nginx's workers run as nobody: let them reach their temp paths.
+chmod 755 "$TMP"
+PIDS=()
+
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        stop_pid "$pid"
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Raise the open-file limit to its hard limit, for the proxies and wrk.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# wait_port PORT PID LOGFILE: waits up to 10 s for PORT to accept.
+wait_port() {
+    local port=$1 pid=$2 logfile=$3 i
+    for ((i = 0; i < 100; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$logfile" >&2 || true
+            die "process $pid exited before listening on 127.0.0.1:$port"
+        fi
+        port_open "$port" && return 0
+        sleep 0.1
+    done
+    tail -n 20 "$logfile" >&2 || true
+    die "nothing listens on 127.0.0.1:$port after 10 s"
+}
+
+for port in "${BACKEND_PORTS[@]}" "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT" \
+    "$HAPROXY_PORT" "$NGINX_PORT"; do
+    port_open "$port" && die "127.0.0.1:$port is already in use"
+done
+
+# --- build -------------------------------------------------------------------
+
+log "building the gateway (cargo build --release --example gateway)"
+cargo build --release --example gateway >&2
+GATEWAY_BIN="$ROOT/target/release/examples/gateway"
+[[ -x $GATEWAY_BIN ]] || die "$GATEWAY_BIN not built"
+
+# --- backends: one nginx, three server blocks --------------------------------
+
+# nginx_common DIR: directives every nginx instance here shares; all of its
+# files stay under DIR.
+nginx_common() {
+    local dir=$1
+    mkdir -p "$dir/logs" "$dir/tmp"
+    cat <<EOF
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events {
+    worker_connections 8192;
+}
+EOF
+}
+
+nginx_http_common() {
+    local dir=$1
+    cat <<EOF
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    default_type text/plain;
+EOF
+}
+
+BACKENDS_DIR="$TMP/backends"
+mkdir -p "$BACKENDS_DIR"
+{
+    echo "worker_processes 1;"
+    nginx_common "$BACKENDS_DIR"
+    echo "http {"
+    nginx_http_common "$BACKENDS_DIR"
+    for i in 1 2 3; do
+        cat <<EOF
+    server {
+        listen 127.0.0.1:${BACKEND_PORTS[i - 1]};
+        location / {
+            return 200 "b$i\n";
+        }
+    }
+EOF
+    done
+    echo "}"
+} >"$BACKENDS_DIR/nginx.conf"
+
+nginx -t -q -p "$BACKENDS_DIR" -e "$BACKENDS_DIR/logs/error.log" \
+    -c "$BACKENDS_DIR/nginx.conf" || die "backend nginx config rejected"
+nginx -p "$BACKENDS_DIR" -e "$BACKENDS_DIR/logs/error.log" \
+    -c "$BACKENDS_DIR/nginx.conf" >"$BACKENDS_DIR/logs/stderr" 2>&1 &
+BACKENDS_PID=$!
+PIDS+=("$BACKENDS_PID")
+for port in "${BACKEND_PORTS[@]}"; do
+    wait_port "$port" "$BACKENDS_PID" "$BACKENDS_DIR/logs/error.log"
+done
+for i in 1 2 3; do
+    body=$(curl -s --max-time 5 "http://127.0.0.1:${BACKEND_PORTS[i - 1]}/")
+    [[ $body == "b$i" ]] || die "backend b$i answered ${body@Q}"
+done
+
+# --- proxy configurations ------------------------------------------------------
+
+HAPROXY_DIR="$TMP/haproxy"
+mkdir -p "$HAPROXY_DIR"
+cat >"$HAPROXY_DIR/haproxy.cfg" <<EOF
+global
+    nbthread $PROXY_THREADS
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 60s
+
+frontend bench
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend backends
+
+backend backends
+    balance roundrobin
+    cookie SERVERID insert indirect nocache
+    server b1 127.0.0.1:${BACKEND_PORTS[0]} cookie b1
+    server b2 127.0.0.1:${BACKEND_PORTS[1]} cookie b2
+    server b3 127.0.0.1:${BACKEND_PORTS[2]} cookie b3
+EOF
+haproxy -c -q -f "$HAPROXY_DIR/haproxy.cfg" || die "HAProxy config rejected"
+
+NGINX_DIR="$TMP/nginx"
+mkdir -p "$NGINX_DIR"
+{
+    echo "worker_processes $PROXY_THREADS;"
+    nginx_common "$NGINX_DIR"
+    echo "http {"
+    nginx_http_common "$NGINX_DIR"
+    cat <<EOF
+    upstream backends {
+        hash \$cookie_sticky consistent;
+        server 127.0.0.1:${BACKEND_PORTS[0]};
+        server 127.0.0.1:${BACKEND_PORTS[1]};
+        server 127.0.0.1:${BACKEND_PORTS[2]};
+        keepalive 32;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+} >"$NGINX_DIR/nginx.conf"
+nginx -t -q -p "$NGINX_DIR" -e "$NGINX_DIR/logs/error.log" \
+    -c "$NGINX_DIR/nginx.conf" || die "proxy nginx config rejected"
+
+GATEWAY_DIR="$TMP/gateway"
+mkdir -p "$GATEWAY_DIR"
+GATEWAY_ARGS=(--listen "127.0.0.1:$GATEWAY_PORT"
+    --admin-listen "127.0.0.1:$GATEWAY_ADMIN_PORT")
+for i in 1 2 3; do
+    GATEWAY_ARGS+=(--backend "b$i=http://127.0.0.1:${BACKEND_PORTS[i - 1]}")
+done
+
+# Display form of each proxy's start command, for the report.
+declare -A START_CMD=(
+    [gateway]="STICKY_SECRET=<32+ bytes> RUST_LOG=warn TOKIO_WORKER_THREADS=$PROXY_THREADS target/release/examples/gateway ${GATEWAY_ARGS[*]}"
+    [haproxy]="haproxy -db -f \$TMP/haproxy/haproxy.cfg"
+    [nginx]="nginx -p \$TMP/nginx -e \$TMP/nginx/logs/error.log -c \$TMP/nginx/nginx.conf"
+)
+
+# start_proxy NAME: starts one proxy in the background; sets PROXY_PID,
+# PROXY_PORT and PROXY_LOG.
+start_proxy() {
+    case $1 in
+    gateway)
+        PROXY_PORT=$GATEWAY_PORT
+        PROXY_LOG="$GATEWAY_DIR/stderr"
+        STICKY_SECRET=$GATEWAY_SECRET RUST_LOG=warn \
+            TOKIO_WORKER_THREADS=$PROXY_THREADS \
+            "$GATEWAY_BIN" "${GATEWAY_ARGS[@]}" \
+            >"$GATEWAY_DIR/stdout" 2>"$PROXY_LOG" &
+        ;;
+    haproxy)
+        PROXY_PORT=$HAPROXY_PORT
+        PROXY_LOG="$HAPROXY_DIR/stderr"
+        haproxy -db -f "$HAPROXY_DIR/haproxy.cfg" >"$PROXY_LOG" 2>&1 &
+        ;;
+    nginx)
+        PROXY_PORT=$NGINX_PORT
+        PROXY_LOG="$NGINX_DIR/logs/error.log"
+        nginx -p "$NGINX_DIR" -e "$PROXY_LOG" -c "$NGINX_DIR/nginx.conf" \
+            >"$NGINX_DIR/logs/stderr" 2>&1 &
+        ;;
+    *) die "unknown proxy $1" ;;
+    esac
+    PROXY_PID=$!
+    PIDS+=("$PROXY_PID")
+    wait_port "$PROXY_PORT" "$PROXY_PID" "$PROXY_LOG"
+}
+
+# returning_cookie NAME PORT: the Cookie header value of a returning session.
+returning_cookie() {
+    local name=$1 port=$2 wanted headers value
+    case $name in
+    gateway) wanted=sticky ;;
+    haproxy) wanted=SERVERID ;;
+    nginx)
+        printf '%s\n' "$NGINX_COOKIE"
+        return 0
+        ;;
+    esac
+    headers=$(curl -si --max-time 5 -o - "http://127.0.0.1:$port/" | tr -d '\r')
+    value=$(printf '%s\n' "$headers" |
+        sed -n "s/^set-cookie:[[:space:]]*\\($wanted=[^;]*\\).*/\\1/Ip" | sed -n 1p)
+    [[ -n $value ]] || {
+        printf '%s\n' "$headers" >&2
+        die "$name set no $wanted cookie"
+    }
+    printf '%s\n' "$value"
+}
+
+# body_counts PORT [COOKIE]: 20 sequential curl requests; prints
+# "N×body" per distinct body.
+body_counts() {
+    local port=$1 cookie=${2:-} i args=(-s --max-time 5)
+    [[ -n $cookie ]] && args+=(-H "Cookie: $cookie")
+    for ((i = 0; i < 20; i++)); do
+        curl "${args[@]}" "http://127.0.0.1:$port/" || echo "curl-failed"
+        echo
+    done | sed '/^$/d' | sort | uniq -c | awk '{printf "%s%d×%s", (NR > 1 ? ", " : ""), $1, $2} END {print ""}'
+}
+
+# wrk's Lua script for the warm-up: counts every status and body, to check
+# under load which backends answered.
+cat >"$TMP/count.lua" <<'EOF'
+local threads = {}
+function setup(thread)
+    table.insert(threads, thread)
+end
+function init(args)
+    seen = {}
+end
+function response(status, headers, body)
+    local key = tostring(status) .. " " .. (string.gsub(body or "", "%s+$", ""))
+    seen[key] = (seen[key] or 0) + 1
+end
+function done(summary, latency, requests)
+    local total = {}
+    for _, thread in ipairs(threads) do
+        for key, n in pairs(thread:get("seen")) do
+            total[key] = (total[key] or 0) + n
+        end
+    end
+    local keys = {}
+    for key in pairs(total) do
+        table.insert(keys, key)
+    end
+    table.sort(keys)
+    local parts = {}
+    for _, key in ipairs(keys) do
+        table.insert(parts, total[key] .. "×" .. key)
+    end
+    io.write("warm-up answers (status body): " .. table.concat(parts, ", ") .. "\n")
+end
+EOF
+
+# to_ms VALUE: wrk latency (e.g. 812.00us, 1.23ms, 1.02s) in milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000
+        else if (u == "m") n *= 60000; else if (u != "ms") n = -1
+        printf "%.3f", n
+    }'
+}
+
+# The 1-minute load average before the first run: much above 0 means
+# something else competes for the CPUs and the numbers are suspect.
+LOAD_BEFORE=$(cut -d ' ' -f 1-3 /proc/loadavg)
+
+PROXIES=(gateway haproxy nginx)
+KINDS=(new returning)
+declare -A RPS P99 P99_RAW WRK_CMD CHECK WARM ERRORS COOKIE_USED
+RAW_OUTPUT="$TMP/wrk-output.txt"
+: >"$RAW_OUTPUT"
+
+run_wrk() { # run_wrk OUTFILE SECONDS [extra wrk args...] URL
+    local out=$1 secs=$2
+    shift 2
+    timeout $((secs + 30)) wrk -t "$WRK_THREADS" -c "$WRK_CONNECTIONS" \
+        -d "${secs}s" --latency "$@" >"$out" 2>&1 || {
+        cat "$out" >&2
+        die "wrk failed"
+    }
+}
+
+for proxy in "${PROXIES[@]}"; do
+    log "== $proxy"
+    start_proxy "$proxy"
+    url="http://127.0.0.1:$PROXY_PORT/"
+    for kind in "${KINDS[@]}"; do
+        key="$proxy/$kind"
+        header=()
+        shown_header=""
+        if [[ $kind == returning ]]; then
+            cookie=$(returning_cookie "$proxy" "$PROXY_PORT")
+            COOKIE_USED[$proxy]=$cookie
+            header=(-H "Cookie: $cookie")
+            shown_header=" -H 'Cookie: $cookie'"
+            CHECK[$key]="20 curl requests with the cookie: $(body_counts "$PROXY_PORT" "$cookie")"
+        else
+            CHECK[$key]="20 curl requests without a cookie: $(body_counts "$PROXY_PORT")"
+        fi
+        log "   $kind: warm-up ${WARMUP}s"
+        run_wrk "$TMP/warm.txt" "$WARMUP" -s "$TMP/count.lua" "${header[@]}" "$url"
+        WARM[$key]=$(sed -n 's/^warm-up answers (status body): //p' "$TMP/warm.txt")
+        log "   $kind: measuring ${DURATION}s"
+        run_wrk "$TMP/run.txt" "$DURATION" "${header[@]}" "$url"
+        WRK_CMD[$key]="wrk -t $WRK_THREADS -c $WRK_CONNECTIONS -d ${DURATION}s --latency$shown_header $url"
+        {
+            echo "### $proxy, $kind-session"
+            echo
+            echo '```'
+            echo "\$ ${WRK_CMD[$key]}"
+            cat "$TMP/run.txt"
+            echo '```'
+            echo
+        } >>"$RAW_OUTPUT"
+        RPS[$key]=$(awk '/^Requests\/sec:/ {print $2}' "$TMP/run.txt")
+        P99_RAW[$key]=$(awk '$1 == "99%" {print $2}' "$TMP/run.txt")
+        [[ -n ${RPS[$key]} && -n ${P99_RAW[$key]} ]] || {
+            cat "$TMP/run.txt" >&2
+            die "could not parse wrk's output for $key"
+        }
+        P99[$key]=$(to_ms "${P99_RAW[$key]}")
+        ERRORS[$key]=$(grep -E 'Non-2xx or 3xx responses|Socket errors' "$TMP/run.txt" |
+            sed 's/^ *//' | paste -sd ';' -) || true
+        # After the load: is the session still where it was?
+        if [[ $kind == returning ]]; then
+            CHECK[$key]+="; after the run: $(body_counts "$PROXY_PORT" "$cookie")"
+        fi
+        log "   $kind: ${RPS[$key]} requests/s, p99 ${P99_RAW[$key]}"
+    done
+    if [[ $proxy == gateway ]]; then
+        GATEWAY_LOG_LINES=$(wc -l <"$PROXY_LOG")
+        GATEWAY_LOG_TAIL=$(tail -n 20 "$PROXY_LOG")
+        # Does a returning request get a new Set-Cookie?
+        GATEWAY_RESET=$(curl -si --max-time 5 -H "Cookie: ${COOKIE_USED[gateway]}" \
+            "http://127.0.0.1:$PROXY_PORT/" | tr -d '\r' | grep -ci '^set-cookie:' || true)
+    elif [[ -s $PROXY_LOG ]]; then
+        log "   $proxy log tail:"
+        tail -n 5 "$PROXY_LOG" >&2
+    fi
+    stop_pid "$PROXY_PID"
+    unset 'PIDS[-1]'
+done
+
+# --- report ----------------------------------------------------------------
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "—" }'; }
+fmt_rps() { awk -v v="$1" 'BEGIN { printf "%d", v + 0.5 }' | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
+
+cpu_model=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | sed -n 1p)
+haproxy_version=$(haproxy -v 2>&1 | sed -n 1p)
+nginx_version=$(nginx -v 2>&1 | sed -n 1p)
+wrk_version=$({ wrk --version 2>&1 || true; } | sed -n 1p)
+rustc_version=$(rustc --version)
+
+echo "# Gateway vs HAProxy vs nginx: sticky-session proxying on loopback"
+echo
+echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "- nproc: $(nproc); CPU: ${cpu_model:-unknown}"
+echo "- $haproxy_version"
+echo "- $nginx_version"
+echo "- $wrk_version"
+echo "- $rustc_version; gateway commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (work tree has changes)')"
+echo "- proxy threads: $PROXY_THREADS each (gateway: TOKIO_WORKER_THREADS=$PROXY_THREADS; HAProxy: nbthread $PROXY_THREADS; nginx: worker_processes $PROXY_THREADS); backends: one nginx, worker_processes 1, three server blocks answering b1/b2/b3; wrk, backends and proxy share the same $(nproc) CPUs"
+echo "- load average (1, 5, 15 min) before the runs: $LOAD_BEFORE; after: $(cut -d ' ' -f 1-3 /proc/loadavg) (the after figure includes the benchmark's own load)"
+echo "- load: wrk -t $WRK_THREADS -c $WRK_CONNECTIONS, ${WARMUP} s warm-up (discarded) then ${DURATION} s measured, per proxy and traffic kind; one proxy running at a time"
+echo
+echo "| proxy | traffic | requests/s | p99 | requests/s ratio to HAProxy | p99 ratio to HAProxy |"
+echo "|---|---|---|---|---|---|"
+for proxy in "${PROXIES[@]}"; do
+    for kind in "${KINDS[@]}"; do
+        key="$proxy/$kind"
+        echo "| $proxy | $kind-session | $(fmt_rps "${RPS[$key]}") | ${P99_RAW[$key]} | $(ratio "${RPS[$key]}" "${RPS[haproxy/$kind]}") | $(ratio "${P99[$key]}" "${P99[haproxy/$kind]}") |"
+    done
+done
+echo
+echo "Traffic: new-session = no cookie on any request; returning-session = every request carries"
+echo "\`Cookie: <value>\`: gateway \`${COOKIE_USED[gateway]:0:24}…\` (its signed cookie, from a first curl),"
+echo "HAProxy \`${COOKIE_USED[haproxy]}\` (its inserted cookie), nginx \`$NGINX_COOKIE\` (fixed; nginx inserts none)."
+echo
+echo "## Errors and stickiness"
+echo
+for proxy in "${PROXIES[@]}"; do
+    for kind in "${KINDS[@]}"; do
+        key="$proxy/$kind"
+        echo "- $proxy, $kind-session: wrk errors: ${ERRORS[$key]:-none}"
+        echo "  - ${CHECK[$key]}"
+        echo "  - warm-up under load: ${WARM[$key]:-?}"
+    done
+done
+echo "- gateway: Set-Cookie headers on a returning request: ${GATEWAY_RESET:-?}; stderr lines (RUST_LOG=warn): ${GATEWAY_LOG_LINES:-0}"
+if [[ -n ${GATEWAY_LOG_TAIL:-} ]]; then
+    echo
+    echo "Gateway stderr, last lines:"
+    echo
+    echo '```'
+    printf '%s\n' "$GATEWAY_LOG_TAIL"
+    echo '```'
+fi
+echo
+echo "## Commands"
+echo
+echo '```'
+echo "cargo build --release --example gateway"
+echo "nginx -p \$TMP/backends -e \$TMP/backends/logs/error.log -c \$TMP/backends/nginx.conf   # backends, all runs"
+for proxy in "${PROXIES[@]}"; do
+    echo "${START_CMD[$proxy]}"
+    for kind in "${KINDS[@]}"; do
+        echo "  wrk -t $WRK_THREADS -c $WRK_CONNECTIONS -d ${WARMUP}s --latency -s count.lua ... # warm-up, discarded"
+        echo "  ${WRK_CMD[$proxy/$kind]}"
+    done
+done
+echo '```'
+echo
+echo "## Configurations"
+for file in backends/nginx.conf haproxy/haproxy.cfg nginx/nginx.conf; do
+    echo
+    echo "\`\$TMP/$file\`:"
+    echo
+    echo '```'
+    sed "s#$TMP#\$TMP#g" "$TMP/$file"
+    echo '```'
+done
+echo
+echo "## wrk output"
+echo
+cat "$RAW_OUTPUT"

@@ -1,0 +1,939 @@
+//! End to end through the gateway binary: real demo backends served in this
+//! process, the `gateway` example spawned as a child process on fresh
+//! loopback ports, and hyper clients that keep one cookie jar per simulated
+//! browser.
+//!
+//! Each demo backend counts visits per demo session (a cookie it sets
+//! itself) in its own memory, so a misrouted request shows up as another
+//! backend name or a counter that restarts at 1.
+//!
+//! Build the gateway first: `cargo build --example gateway` (`cargo test
+//! --workspace` builds it too).
+
+#[allow(dead_code)]
+#[path = "../examples/gateway/demo.rs"]
+mod demo;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+const SECRET: &str = "gateway end-to-end secret, 32 bytes long";
+const STICKY: &str = "sticky";
+/// Longest wait for anything: a request, a process, a backend stopping.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------------ backends
+
+/// A demo backend served in this process, which can be stopped.
+struct Backend {
+    name: String,
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let app = demo::router(name);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Backend {
+            name: name.to_owned(),
+            addr,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving: the listener closes, and so does every connection
+    /// (axum's graceful shutdown closes idle keep-alive connections at once
+    /// and its future ends only when all are closed). The serving task is
+    /// aborted afterwards all the same.
+    async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let task = self.task.take().expect("stopped twice");
+        let abort = task.abort_handle();
+        let closed = tokio::time::timeout(Duration::from_secs(5), task).await;
+        abort.abort();
+        assert!(
+            closed.is_ok(),
+            "backend {} did not close its connections within 5 s",
+            self.name
+        );
+        let addr = self.addr;
+        wait_until(
+            "the stopped backend's port to refuse connections",
+            || async move { TcpStream::connect(addr).await.is_err() },
+        )
+        .await;
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+async fn backends(names: &[&str]) -> Vec<Backend> {
+    let mut started = Vec::new();
+    for name in names {
+        started.push(Backend::start(name).await);
+    }
+    started
+}
+
+/// Polls `condition` every 20 ms until it holds; panics after `DEADLINE`.
+async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ------------------------------------------------------------- gateway
+
+/// The gateway binary, built next to this test's own executable.
+fn gateway_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/gateway_e2e-HASH -> target/debug/examples/gateway
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let binary = dir
+        .join("examples")
+        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build --example gateway` \
+         (cargo test --workspace builds it)",
+        binary.display()
+    );
+    binary
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A gateway child process, killed on drop.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+    http: HttpClient,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway over `backends` with the extra flags `args`, and
+    /// waits until both of its ports accept connections.
+    async fn start(backends: &[&Backend], args: &[&str]) -> Gateway {
+        let addr = free_port();
+        let admin = free_port();
+        let mut command = Command::new(gateway_binary());
+        command
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string());
+        for backend in backends {
+            command
+                .arg("--backend")
+                .arg(format!("{}={}", backend.name, backend.url()));
+        }
+        command
+            .args(args)
+            .env("STICKY_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn the gateway");
+        // Drain its log so that it never blocks on a full pipe.
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buffer).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        let mut gateway = Gateway {
+            child,
+            addr,
+            admin,
+            log,
+            http: http_client(),
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = gateway.child.try_wait().unwrap() {
+                panic!("the gateway exited with {status}:\n{}", gateway.log());
+            }
+            if TcpStream::connect(addr).await.is_ok() && TcpStream::connect(admin).await.is_ok() {
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the gateway did not listen within {DEADLINE:?}:\n{}",
+                gateway.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gateway
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn browser(&self) -> Browser {
+        Browser::new(&self.http, self.addr)
+    }
+
+    /// One admin API call; every answer must be JSON.
+    async fn admin(&self, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{}{path}", self.admin))
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let response = tokio::time::timeout(DEADLINE, self.http.request(request))
+            .await
+            .expect("admin call timed out")
+            .unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/json"),
+            "{method} {path}: {status} {text}"
+        );
+        let value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"));
+        (status, value)
+    }
+
+    async fn post(&self, path: &str) -> Value {
+        let (status, value) = self.admin(Method::POST, path, "").await;
+        assert_eq!(status, StatusCode::OK, "POST {path}: {value}");
+        value
+    }
+
+    /// `GET /backends`, by name.
+    async fn list(&self) -> BTreeMap<String, Value> {
+        let (status, list) = self.admin(Method::GET, "/backends", "").await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        list.as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|b| (b["name"].as_str().unwrap().to_owned(), b.clone()))
+            .collect()
+    }
+}
+
+// ------------------------------------------------------------- clients
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// One browser: its own cookie jar (and extra headers) over a shared
+/// connection pool.
+struct Browser {
+    http: HttpClient,
+    addr: SocketAddr,
+    jar: BTreeMap<String, String>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    backend: Option<String>,
+    set_cookies: Vec<String>,
+    body: String,
+}
+
+impl Reply {
+    /// The value of the sticky cookie this answer sets, if any.
+    fn sticky_cookie(&self) -> Option<&str> {
+        self.set_cookies.iter().find_map(|c| {
+            c.split(';')
+                .next()
+                .and_then(|pair| pair.split_once('='))
+                .filter(|(name, _)| name.trim() == STICKY)
+                .map(|(_, value)| value.trim())
+        })
+    }
+
+    /// `(backend, visits)` from a demo answer, `"<name> visit <n>\n"`.
+    fn visit(&self) -> (String, u32) {
+        assert_eq!(self.status, StatusCode::OK, "{self:?}");
+        let (name, count) = self
+            .body
+            .trim_end()
+            .split_once(" visit ")
+            .unwrap_or_else(|| panic!("not a demo answer: {self:?}"));
+        assert_eq!(self.backend.as_deref(), Some(name), "{self:?}");
+        (name.to_owned(), count.parse().expect("a visit count"))
+    }
+}
+
+impl Browser {
+    fn new(http: &HttpClient, addr: SocketAddr) -> Self {
+        Self {
+            http: http.clone(),
+            addr,
+            jar: BTreeMap::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((
+            HeaderName::from_static(name),
+            HeaderValue::from_str(value).unwrap(),
+        ));
+        self
+    }
+
+    fn cookie_header(&self) -> Option<String> {
+        if self.jar.is_empty() {
+            return None;
+        }
+        let pairs: Vec<String> = self.jar.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        Some(pairs.join("; "))
+    }
+
+    async fn get(&mut self, path: &str) -> Reply {
+        let mut request = Request::get(format!("http://{}{path}", self.addr));
+        if let Some(cookies) = self.cookie_header() {
+            request = request.header(COOKIE, cookies);
+        }
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(Full::new(Bytes::new())).unwrap();
+        let response = tokio::time::timeout(DEADLINE, self.http.request(request))
+            .await
+            .expect("request timed out")
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let set_cookies: Vec<String> = parts
+            .headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        for cookie in &set_cookies {
+            let pair = cookie.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            self.jar
+                .insert(name.trim().to_owned(), value.trim().to_owned());
+        }
+        let body = tokio::time::timeout(DEADLINE, body.collect())
+            .await
+            .expect("body timed out")
+            .unwrap()
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            backend: parts
+                .headers
+                .get("x-backend")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            set_cookies,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
+    }
+}
+
+/// Runs `job` on every item, at most `limit` at a time, each in its own
+/// task; the results come back in the items' order.
+async fn in_parallel<I, T, Fut>(
+    items: impl IntoIterator<Item = I>,
+    limit: usize,
+    job: impl Fn(I) -> Fut,
+) -> Vec<T>
+where
+    T: Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(limit));
+    let mut jobs = JoinSet::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let future = job(item);
+        let permits = Arc::clone(&permits);
+        jobs.spawn(async move {
+            let _permit = permits.acquire_owned().await.unwrap();
+            (i, future.await)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(result) = jobs.join_next().await {
+        results.push(result.unwrap());
+    }
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, t)| t).collect()
+}
+
+/// `n` new browsers, one request each (sequentially, so that the weighted
+/// schedule hands them out in turn); each with its home backend.
+async fn new_sessions(gateway: &Gateway, n: usize) -> Vec<(Browser, String)> {
+    let mut sessions = Vec::new();
+    for _ in 0..n {
+        let mut browser = gateway.browser();
+        let reply = browser.get("/").await;
+        let (home, visits) = reply.visit();
+        assert_eq!(visits, 1, "{reply:?}");
+        assert!(reply.sticky_cookie().is_some(), "{reply:?}");
+        sessions.push((browser, home));
+    }
+    sessions
+}
+
+/// How many new (cookie-less) clients land on each backend.
+async fn homes_of_new_clients(gateway: &Gateway, n: usize) -> BTreeMap<String, usize> {
+    let homes = in_parallel(0..n, 50, |_| {
+        let mut browser = gateway.browser();
+        async move { browser.get("/").await.visit().0 }
+    })
+    .await;
+    let mut counts = BTreeMap::new();
+    for home in homes {
+        *counts.entry(home).or_default() += 1;
+    }
+    counts
+}
+
+// --------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_never_leave_their_backend() {
+    let servers = backends(&["b1", "b2", "b3"]).await;
+    let gateway = Gateway::start(&servers.iter().collect::<Vec<_>>(), &[]).await;
+    let started = Instant::now();
+
+    let seen = in_parallel(0..200, 50, |_| {
+        let mut browser = gateway.browser();
+        async move {
+            let mut seen = Vec::with_capacity(20);
+            for _ in 0..20 {
+                seen.push(browser.get("/").await.visit());
+            }
+            seen
+        }
+    })
+    .await;
+
+    let mut misroutes = Vec::new();
+    let mut clients_per_backend: BTreeMap<String, usize> = BTreeMap::new();
+    for (client, visits) in seen.iter().enumerate() {
+        let home = &visits[0].0;
+        for (i, (backend, count)) in visits.iter().enumerate() {
+            if backend != home || *count != i as u32 + 1 {
+                misroutes.push((client, i, backend.clone(), *count));
+            }
+        }
+        *clients_per_backend.entry(home.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        misroutes.len(),
+        0,
+        "misroutes (client, request, backend, visit): {misroutes:?}"
+    );
+    // New sessions follow the (equal) weights exactly.
+    assert_eq!(clients_per_backend.len(), 3, "{clients_per_backend:?}");
+    assert!(
+        clients_per_backend
+            .values()
+            .all(|&n| (66..=67).contains(&n)),
+        "{clients_per_backend:?}"
+    );
+    eprintln!("4,000 requests by 200 clients in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_clients_follow_the_weights() {
+    let servers = backends(&["b1", "b2"]).await;
+    let gateway = Gateway::start(
+        &servers.iter().collect::<Vec<_>>(),
+        &["--weight", "b1=1", "--weight", "b2=3"],
+    )
+    .await;
+
+    let homes = homes_of_new_clients(&gateway, 2_000).await;
+    let share = |name: &str| homes.get(name).copied().unwrap_or(0) as f64 / 2_000.0;
+    assert!((share("b1") - 0.25).abs() <= 0.03, "{homes:?}");
+    assert!((share("b2") - 0.75).abs() <= 0.03, "{homes:?}");
+    assert_eq!(homes.values().sum::<usize>(), 2_000);
+
+    let list = gateway.list().await;
+    assert_eq!(list["b1"]["weight"], 1);
+    assert_eq!(list["b2"]["weight"], 3);
+    let new_sessions = |name: &str| list[name]["counters"]["new_sessions"].as_u64().unwrap();
+    assert_eq!(new_sessions("b1") as usize, homes["b1"], "{list:?}");
+    assert_eq!(new_sessions("b2") as usize, homes["b2"], "{list:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_backend_keeps_its_sessions_and_takes_no_new_ones() {
+    let servers = backends(&["b1", "b2", "b3"]).await;
+    let gateway = Gateway::start(&servers.iter().collect::<Vec<_>>(), &[]).await;
+
+    let mut sessions = new_sessions(&gateway, 30).await;
+    let on_b1 = sessions.iter().filter(|(_, home)| home == "b1").count();
+    assert_eq!(on_b1, 10, "one new session in three goes to b1");
+
+    let drained = gateway.post("/backends/b1/drain").await;
+    assert_eq!(drained["state"], "draining", "{drained}");
+    assert_eq!(gateway.list().await["b1"]["state"], "draining");
+
+    // Every bound session stays, on b1 too.
+    for (browser, home) in &mut sessions {
+        for visit in 2..=4 {
+            let reply = browser.get("/").await;
+            assert_eq!(reply.visit(), (home.clone(), visit), "{reply:?}");
+            assert!(reply.sticky_cookie().is_none(), "{reply:?}");
+        }
+    }
+
+    // No new session lands on b1.
+    let homes = homes_of_new_clients(&gateway, 100).await;
+    assert!(!homes.contains_key("b1"), "{homes:?}");
+    assert_eq!(homes.values().sum::<usize>(), 100);
+    assert_eq!(homes.len(), 2, "{homes:?}");
+}
+
+/// Fifteen sessions, five on each backend, three visits each.
+async fn three_visits_each(gateway: &Gateway) -> Vec<(Browser, String)> {
+    let mut sessions = new_sessions(gateway, 15).await;
+    for (browser, home) in &mut sessions {
+        for visit in 2..=3 {
+            assert_eq!(browser.get("/").await.visit(), (home.clone(), visit));
+        }
+    }
+    sessions
+}
+
+/// A keep-alive connection straight to `backend`, with one request
+/// answered; its task ends when the backend closes the connection.
+async fn open_keep_alive(backend: &Backend) -> JoinHandle<()> {
+    let stream = TcpStream::connect(backend.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = Request::get("/")
+        .header("host", backend.addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
+    // Keep the sender alive so the client side does not close first.
+    tokio::spawn(async move {
+        let _ = sender.ready().await;
+        std::future::pending::<()>().await;
+    });
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_a_stopped_backend_move_and_stay() {
+    let mut servers = backends(&["b1", "b2", "b3"]).await;
+    let gateway = Gateway::start(&servers.iter().collect::<Vec<_>>(), &[]).await;
+    let sessions = three_visits_each(&gateway).await;
+
+    let keep_alive = open_keep_alive(&servers[0]).await;
+    servers[0].stop().await;
+    tokio::time::timeout(Duration::from_secs(5), keep_alive)
+        .await
+        .expect("the stopped backend left a keep-alive connection open")
+        .unwrap();
+
+    let results = in_parallel(sessions, 15, |(mut browser, home)| async move {
+        let before = browser.jar.get(STICKY).cloned();
+        let moved = browser.get("/").await;
+        let mut later = Vec::new();
+        for _ in 0..3 {
+            later.push(browser.get("/").await);
+        }
+        (home, before, moved, later)
+    })
+    .await;
+
+    let mut moved_to = BTreeSet::new();
+    for (home, before, first, later) in results {
+        if home == "b1" {
+            assert_eq!(first.status, StatusCode::OK, "{first:?}\n{}", gateway.log());
+            let (new_home, visits) = first.visit();
+            assert_ne!(new_home, "b1");
+            // The demo session is unknown on the new backend: it starts over.
+            assert_eq!(visits, 1, "{first:?}");
+            let cookie = first.sticky_cookie().expect("a new sticky Set-Cookie");
+            assert_ne!(Some(cookie), before.as_deref());
+            for (i, reply) in later.iter().enumerate() {
+                assert_eq!(reply.visit(), (new_home.clone(), i as u32 + 2), "{reply:?}");
+                assert!(reply.sticky_cookie().is_none(), "{reply:?}");
+            }
+            moved_to.insert(new_home);
+        } else {
+            for (i, reply) in std::iter::once(&first).chain(&later).enumerate() {
+                assert_eq!(reply.visit(), (home.clone(), i as u32 + 4), "{reply:?}");
+                assert!(reply.sticky_cookie().is_none(), "{reply:?}");
+            }
+        }
+    }
+    assert!(!moved_to.is_empty());
+
+    // Passive health took b1 out; each moved session failed over once.
+    let list = gateway.list().await;
+    assert_eq!(list["b1"]["state"], "unhealthy", "{list:?}");
+    assert!(list["b1"]["counters"]["failures"].as_u64().unwrap() >= 1);
+    let failovers: u64 = list
+        .values()
+        .map(|b| b["counters"]["failovers"].as_u64().unwrap())
+        .sum();
+    assert_eq!(failovers, 5, "{list:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_failover_answers_503_for_sessions_of_a_stopped_backend() {
+    let mut servers = backends(&["b1", "b2", "b3"]).await;
+    let gateway = Gateway::start(
+        &servers.iter().collect::<Vec<_>>(),
+        &["--failover", "strict"],
+    )
+    .await;
+    let mut sessions = three_visits_each(&gateway).await;
+
+    servers[0].stop().await;
+
+    for round in 0..3 {
+        for (browser, home) in &mut sessions {
+            let reply = browser.get("/").await;
+            if home == "b1" {
+                assert_eq!(
+                    reply.status,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "round {round}: {reply:?}"
+                );
+                assert!(reply.sticky_cookie().is_none(), "{reply:?}");
+            } else {
+                assert_eq!(reply.visit(), (home.clone(), 4 + round), "{reply:?}");
+            }
+        }
+    }
+
+    // New sessions are not bound to anything: they still get an answer.
+    let homes = homes_of_new_clients(&gateway, 30).await;
+    assert!(!homes.contains_key("b1"), "{homes:?}");
+    assert_eq!(homes.values().sum::<usize>(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_cookies_are_new_sessions_not_errors() {
+    let servers = backends(&["b1", "b2", "b3"]).await;
+    let gateway = Gateway::start(&servers.iter().collect::<Vec<_>>(), &[]).await;
+
+    let mut browser = gateway.browser();
+    browser.get("/").await.visit();
+    let token = browser.jar[STICKY].clone();
+    assert!(token.len() > 8, "{token:?}");
+
+    let flip = |i: usize| {
+        let mut bytes = token.clone().into_bytes();
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(bytes).unwrap()
+    };
+    let mut bad: Vec<(String, String)> = [0, token.len() / 2, token.len() - 1]
+        .into_iter()
+        .map(|i| (format!("flipped at {i}"), flip(i)))
+        .collect();
+    bad.extend([
+        ("truncated".into(), token[..token.len() - 1].to_owned()),
+        ("half".into(), token[..token.len() / 2].to_owned()),
+        ("extended".into(), format!("{token}A")),
+        ("empty".into(), String::new()),
+        ("x".into(), "x".into()),
+        ("percent".into(), "%%%".into()),
+        ("dots".into(), "...".into()),
+        ("As".into(), "A".repeat(60)),
+        ("long".into(), "Z".repeat(3_000)),
+        ("non-ascii".into(), "caf\u{e9}".into()),
+    ]);
+
+    for (what, value) in bad {
+        assert_ne!(value, token);
+        let mut stranger = gateway.browser();
+        stranger.jar.insert(STICKY.into(), value.clone());
+        let reply = stranger.get("/").await;
+        assert!(
+            !reply.status.is_server_error(),
+            "{what}: {reply:?}\n{}",
+            gateway.log()
+        );
+        assert_eq!(reply.status, StatusCode::OK, "{what}: {reply:?}");
+        let fresh = reply
+            .sticky_cookie()
+            .unwrap_or_else(|| panic!("{what}: no fresh sticky Set-Cookie: {reply:?}"));
+        assert_ne!(fresh, value, "{what}");
+        let (home, _) = reply.visit();
+        // The fresh cookie holds from then on.
+        let again = stranger.get("/").await;
+        assert_eq!(again.visit(), (home, 2), "{what}: {again:?}");
+        assert!(again.sticky_cookie().is_none(), "{what}: {again:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_one_secret_agree() {
+    let servers = backends(&["b1", "b2", "b3"]).await;
+    let all: Vec<&Backend> = servers.iter().collect();
+    let (a, b) = tokio::join!(Gateway::start(&all, &[]), Gateway::start(&all, &[]));
+
+    // A cookie issued by A takes its session to the same backend through B.
+    for i in 0..20 {
+        let mut browser = a.browser();
+        let (home, _) = browser.get("/").await.visit();
+        browser.addr = b.addr;
+        let reply = browser.get("/").await;
+        assert_eq!(reply.visit(), (home.clone(), 2), "session {i}: {reply:?}");
+        assert!(reply.sticky_cookie().is_none(), "session {i}: {reply:?}");
+    }
+    drop((a, b));
+
+    let header = ["--affinity", "header:x-user"];
+    let (a, b) = tokio::join!(Gateway::start(&all, &header), Gateway::start(&all, &header));
+    let mut homes = BTreeSet::new();
+    for i in 0..50 {
+        let user = format!("user-{i}");
+        let mut browser = a.browser().header("x-user", &user);
+        let first = browser.get("/").await;
+        assert!(first.sticky_cookie().is_none(), "{first:?}");
+        let (home, _) = first.visit();
+        browser.addr = b.addr;
+        assert_eq!(browser.get("/").await.visit(), (home.clone(), 2), "{user}");
+        // A new browser with the same header, through B first.
+        let mut other = b.browser().header("x-user", &user);
+        assert_eq!(other.get("/").await.visit().0, home, "{user}");
+        homes.insert(home);
+    }
+    assert_eq!(homes.len(), 3, "50 keys spread over every backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_take_effect_at_once() {
+    let servers = backends(&["b1", "b2", "b3", "b4"]).await;
+    let gateway = Gateway::start(&servers[..3].iter().collect::<Vec<_>>(), &[]).await;
+
+    let list = gateway.list().await;
+    assert_eq!(list.keys().collect::<Vec<_>>(), ["b1", "b2", "b3"]);
+    for (name, entry) in &list {
+        assert_eq!(entry["state"], "active", "{name}");
+        assert_eq!(entry["weight"], 1, "{name}");
+    }
+    let mut sessions = new_sessions(&gateway, 6).await;
+
+    // Weight 0: no new sessions on b2; its bound sessions stay.
+    let b2 = gateway.post("/backends/b2/weight/0").await;
+    assert_eq!(b2["weight"], 0, "{b2}");
+    assert_eq!(gateway.list().await["b2"]["weight"], 0);
+    let homes = homes_of_new_clients(&gateway, 60).await;
+    assert!(!homes.contains_key("b2"), "{homes:?}");
+    assert_eq!(homes.len(), 2, "{homes:?}");
+    for (browser, home) in &mut sessions {
+        assert_eq!(browser.get("/").await.visit(), (home.clone(), 2));
+    }
+
+    // Add b4, then disable the others: new clients land on b4.
+    let body = json!({"name": "b4", "url": servers[3].url(), "weight": 1}).to_string();
+    let (status, b4) = gateway.admin(Method::POST, "/backends", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{b4}");
+    assert_eq!(
+        (&b4["name"], &b4["url"], &b4["weight"], &b4["state"]),
+        (
+            &json!("b4"),
+            &json!(servers[3].url()),
+            &json!(1),
+            &json!("active")
+        )
+    );
+    let list = gateway.list().await;
+    assert_eq!(list.keys().collect::<Vec<_>>(), ["b1", "b2", "b3", "b4"]);
+    assert_eq!(list["b4"]["url"], servers[3].url());
+    for name in ["b1", "b3", "b2"] {
+        let entry = gateway.post(&format!("/backends/{name}/disable")).await;
+        assert_eq!(entry["state"], "disabled", "{entry}");
+    }
+    let list = gateway.list().await;
+    for name in ["b1", "b2", "b3"] {
+        assert_eq!(list[name]["state"], "disabled", "{name}");
+    }
+    assert_eq!(list["b4"]["state"], "active");
+
+    let homes = homes_of_new_clients(&gateway, 20).await;
+    assert_eq!(homes, BTreeMap::from([("b4".to_owned(), 20)]));
+    // Bound sessions of disabled backends fail over to b4.
+    for (browser, _) in &mut sessions {
+        let reply = browser.get("/").await;
+        assert_eq!(reply.visit(), ("b4".to_owned(), 1), "{reply:?}");
+        assert!(reply.sticky_cookie().is_some(), "{reply:?}");
+    }
+    let list = gateway.list().await;
+    assert!(
+        list["b4"]["counters"]["new_sessions"].as_u64().unwrap() >= 20,
+        "{list:?}"
+    );
+
+    // Remove b4: it is gone from the list and unknown to the API.
+    let (status, removed) = gateway.admin(Method::DELETE, "/backends/b4", "").await;
+    assert_eq!(
+        (status, removed),
+        (StatusCode::OK, json!({"removed": "b4"}))
+    );
+    assert_eq!(
+        gateway.list().await.keys().collect::<Vec<_>>(),
+        ["b1", "b2", "b3"]
+    );
+    let (status, error) = gateway.admin(Method::POST, "/backends/b4/drain", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    assert_eq!(error, json!({"error": "no backend named \"b4\""}));
+
+    // Nothing can serve a new session now...
+    let reply = gateway.browser().get("/").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    // ...until a backend comes back.
+    let b1 = gateway.post("/backends/b1/enable").await;
+    assert_eq!(b1["state"], "active", "{b1}");
+    let homes = homes_of_new_clients(&gateway, 5).await;
+    assert_eq!(homes, BTreeMap::from([("b1".to_owned(), 5)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_stays_on_the_session_backend() {
+    // tokio-tungstenite's async stream is driven through futures' Sink and
+    // Stream traits, which are not dev-dependencies here: its re-exported
+    // blocking client runs on the blocking pool instead, with socket
+    // timeouts as bounds.
+    use tokio_tungstenite::tungstenite;
+    use tungstenite::client::IntoClientRequest;
+
+    let servers = backends(&["b1", "b2", "b3"]).await;
+    let gateway = Gateway::start(&servers.iter().collect::<Vec<_>>(), &[]).await;
+
+    let mut homes = BTreeSet::new();
+    for session in 0..6 {
+        let mut browser = gateway.browser();
+        let (home, _) = browser.get("/").await.visit();
+        assert!(browser.jar.contains_key(STICKY));
+        let cookies = browser.cookie_header().unwrap();
+        let addr = gateway.addr;
+        let echoes = tokio::task::spawn_blocking(move || {
+            let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+            request
+                .headers_mut()
+                .insert(COOKIE, HeaderValue::from_str(&cookies).unwrap());
+            let stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            stream.set_write_timeout(Some(DEADLINE)).unwrap();
+            let (mut socket, response) = tungstenite::client(request, stream)
+                .unwrap_or_else(|e| panic!("WebSocket handshake: {e}"));
+            assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+            let mut echoes = Vec::new();
+            for i in 0..20 {
+                socket
+                    .send(tungstenite::Message::text(format!("hello {i}")))
+                    .unwrap();
+                loop {
+                    match socket.read().unwrap() {
+                        tungstenite::Message::Text(text) => {
+                            echoes.push(text.as_str().to_owned());
+                            break;
+                        }
+                        tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
+                        other => panic!("unexpected message {other:?}"),
+                    }
+                }
+            }
+            let _ = socket.close(None);
+            echoes
+        })
+        .await
+        .unwrap();
+        let expected: Vec<String> = (0..20).map(|i| format!("{home}: hello {i}")).collect();
+        assert_eq!(echoes, expected, "session {session}");
+        // The plain session is still where it was.
+        assert_eq!(browser.get("/").await.visit(), (home.clone(), 2));
+        homes.insert(home);
+    }
+    assert_eq!(homes.len(), 3, "{homes:?}");
+}
