@@ -289,42 +289,38 @@ fn peer(parts: &Parts) -> Option<IpAddr> {
     plain.map(|a| a.ip())
 }
 
-/// Addresses a forwarding chain names, left (client) to right (nearest
-/// proxy), bounded to the last `max` hops.
-fn forwarded_chain(headers: &HeaderMap, max: usize) -> Vec<IpAddr> {
-    let xff: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    let entries: Vec<IpAddr> = if !xff.is_empty() {
-        xff.iter()
+/// The last `max` nodes of the forwarding chain, nearest proxy first: from
+/// `X-Forwarded-For`, or `Forwarded: for=` when there is none. Read from
+/// the right and never past `max`, so a long chain costs no more than a
+/// short one. An entry that is not an address keeps its place as `None`.
+fn forwarded_nodes(headers: &HeaderMap, max: usize) -> Vec<Option<IpAddr>> {
+    let values = |name| {
+        headers
+            .get_all(name)
+            .iter()
             .rev()
+            .map(|v| v.to_str().unwrap_or(""))
+    };
+    if headers.contains_key("x-forwarded-for") {
+        values(HeaderName::from_static("x-forwarded-for"))
+            .flat_map(|v| v.rsplit(','))
             .take(max)
-            .filter_map(|e| parse_node(e))
+            .map(parse_node)
             .collect()
     } else {
-        let fwd: Vec<&str> = headers
-            .get_all(FORWARDED)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect();
-        fwd.iter()
-            .rev()
+        values(FORWARDED)
+            .flat_map(|v| v.rsplit(','))
             .take(max)
-            .filter_map(|element| {
+            .map(|element| {
                 element.split(';').find_map(|pair| {
                     let (k, v) = pair.trim().split_once('=')?;
-                    k.eq_ignore_ascii_case("for")
-                        .then(|| parse_node(v))
-                        .flatten()
+                    k.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| parse_node(v))?
                 })
             })
             .collect()
-    };
-    entries.into_iter().rev().collect()
+    }
 }
 
 /// `1.2.3.4`, `1.2.3.4:80`, `"[2001:db8::1]:443"`, `2001:db8::1`.
@@ -348,12 +344,15 @@ pub(crate) fn client_ip(parts: &Parts, policy: &ClientIp, limits: &Limits) -> Op
         ClientIp::Peer => peer,
         ClientIp::TrustedHops(0) => peer,
         ClientIp::TrustedHops(hops) => {
-            let chain = forwarded_chain(&parts.headers, limits.forwarded_hops);
-            if chain.is_empty() {
-                return peer;
-            }
-            // The nearest `hops` proxies each appended one entry.
-            Some(chain[chain.len().saturating_sub(*hops)])
+            // Each of the nearest `hops` proxies appended the address of
+            // whoever connected to it: the client is the last of those.
+            let nodes = forwarded_nodes(&parts.headers, (*hops).min(limits.forwarded_hops));
+            nodes
+                .get(hops - 1)
+                .or(nodes.last())
+                .copied()
+                .flatten()
+                .or(peer)
         }
         ClientIp::TrustedNetworks(nets) => {
             let peer = peer?;
@@ -361,16 +360,16 @@ pub(crate) fn client_ip(parts: &Parts, policy: &ClientIp, limits: &Limits) -> Op
             if !trusted(peer) {
                 return Some(peer);
             }
-            let chain = forwarded_chain(&parts.headers, limits.forwarded_hops);
-            Some(
-                chain
-                    .iter()
-                    .rev()
-                    .copied()
-                    .find(|&ip| !trusted(ip))
-                    .or_else(|| chain.first().copied())
-                    .unwrap_or(peer),
-            )
+            // Walk out from the nearest proxy while addresses are trusted.
+            let mut client = peer;
+            for node in forwarded_nodes(&parts.headers, limits.forwarded_hops) {
+                match node {
+                    Some(ip) if trusted(ip) => client = ip,
+                    Some(ip) => return Some(ip),
+                    None => break,
+                }
+            }
+            Some(client)
         }
     }
 }
@@ -538,6 +537,48 @@ mod tests {
         assert_eq!(
             client_ip(&p, &ClientIp::TrustedHops(2), &limits),
             Some("192.0.2.60".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn garbage_entries_keep_their_place_and_long_chains_are_cut() {
+        let mut req = Request::get("/")
+            .header("x-forwarded-for", "1.1.1.1, not-an-ip, 10.0.0.1")
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(SocketAddr::from(([10, 0, 0, 2], 4000)));
+        let p = parts(req);
+        let limits = Limits::default();
+        // Two hops trusted: the second entry from the right is garbage, so
+        // no client address is known beyond the trusted proxies.
+        assert_eq!(
+            client_ip(&p, &ClientIp::TrustedHops(2), &limits),
+            Some("10.0.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(&p, &ClientIp::TrustedHops(1), &limits),
+            Some("10.0.0.1".parse().unwrap())
+        );
+
+        // 1,000 trusted hops: only the nearest `forwarded_hops` are read.
+        let chain: Vec<String> = (0..1000)
+            .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+            .collect();
+        let mut req = Request::get("/")
+            .header("x-forwarded-for", chain.join(", "))
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(SocketAddr::from(([10, 0, 0, 2], 4000)));
+        let nets = ClientIp::TrustedNetworks(vec!["10.0.0.0/8".parse().unwrap()]);
+        let limits = Limits {
+            forwarded_hops: 64,
+            ..Limits::default()
+        };
+        assert_eq!(
+            client_ip(&parts(req), &nets, &limits),
+            Some(chain[1000 - 64].parse().unwrap())
         );
     }
 
