@@ -1,24 +1,11 @@
 //! The gateway's command line: bad flags and values exit with status 2 and
 //! a message that names the flag, before anything listens.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-fn gateway() -> PathBuf {
-    // target/<profile>/deps/<this test> -> target/<profile>/examples/gateway
-    let exe = std::env::current_exe().expect("the test's own path");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>")
-        .join("examples")
-        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "build it with `cargo build --example gateway` (cargo test --workspace builds it)"
-    );
-    path
-}
+mod support;
+
+use support::gateway_binary as gateway;
 
 /// Runs the gateway with `args` on ports nothing else uses; it must fail.
 fn rejected(args: &[&str]) -> (i32, String) {

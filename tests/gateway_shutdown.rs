@@ -1,11 +1,9 @@
 //! SIGTERM: the gateway stops accepting, finishes requests under way, and
 //! exits cleanly.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
@@ -13,34 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-fn gateway() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>")
-        .join("examples")
-        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "build it with `cargo build --example gateway` (cargo test --workspace builds it)"
-    );
-    path
-}
+mod support;
 
-fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// Polls until `check` holds, for at most 10 s.
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use support::{free_port, gateway_binary as gateway, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_under_way() {
@@ -78,7 +51,7 @@ async fn sigterm_finishes_requests_under_way() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    until("the gateway to listen", async || {
+    wait_until("the gateway to listen", || async move {
         TcpStream::connect(listen).await.is_ok()
     })
     .await;
@@ -98,7 +71,7 @@ async fn sigterm_finishes_requests_under_way() {
         .status()
         .unwrap();
     assert!(status.success());
-    until("the listener to close", async || {
+    wait_until("the listener to close", || async move {
         TcpStream::connect(listen).await.is_err()
     })
     .await;

@@ -1,0 +1,153 @@
+//! Hostile requests through the gateway process: oversized and malformed
+//! headers get a normal answer or a 4xx, never a 5xx; the signing secret
+//! never shows in its logs or its admin API.
+
+mod support;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends raw request bytes; returns the status code of the answer.
+async fn raw_status(addr: SocketAddr, request: &[u8]) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buffer[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer in time");
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.split(' ').nth(1).unwrap_or("");
+    status
+        .parse()
+        .unwrap_or_else(|_| panic!("not an HTTP answer: {text:?}"))
+}
+
+fn request_with(headers: &[String]) -> Vec<u8> {
+    let mut request = String::from("GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_never_cause_a_5xx() {
+    let servers = backends(&["b1", "b2"]).await;
+    let gateway = Gateway::start(
+        &servers.iter().collect::<Vec<_>>(),
+        &[
+            "--affinity",
+            "cookie",
+            "--affinity",
+            "ip",
+            "--trusted-proxies",
+            "3",
+        ],
+    )
+    .await;
+    let hops: Vec<String> = (0..1000)
+        .map(|i| format!("10.1.{}.{}", i / 256, i % 256))
+        .collect();
+    let cookies: Vec<String> = (0..1000).map(|i| format!("c{i}=v")).collect();
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        (
+            "a 64 KiB Cookie header",
+            vec![format!("Cookie: big={}", "a".repeat(64 * 1024))],
+        ),
+        (
+            "1,000 cookies",
+            vec![format!("Cookie: {}", cookies.join("; "))],
+        ),
+        (
+            "100 Cookie headers",
+            (0..100).map(|i| format!("Cookie: h{i}=v")).collect(),
+        ),
+        (
+            "1,000 X-Forwarded-For hops",
+            vec![format!("X-Forwarded-For: {}", hops.join(", "))],
+        ),
+        (
+            "garbage forwarding",
+            vec!["X-Forwarded-For: ,,,[::1]:99999, 999.1.1.1, ;;".into()],
+        ),
+        (
+            "garbage Forwarded",
+            vec!["Forwarded: for=\"[zz]\";;;,for=".into()],
+        ),
+        (
+            "a forged sticky cookie",
+            vec![format!("Cookie: sticky={}", "A".repeat(51))],
+        ),
+        (
+            "an unreadable sticky cookie",
+            vec!["Cookie: sticky=\u{ff}\u{fe}".into()],
+        ),
+    ];
+    for (what, headers) in cases {
+        let status = raw_status(gateway.addr, &request_with(&headers)).await;
+        assert!(
+            (200..500).contains(&status),
+            "{what}: {status}\n{}",
+            gateway.log()
+        );
+    }
+    // Still serving normally afterwards.
+    let mut browser = gateway.browser();
+    assert_eq!(browser.get("/").await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_never_shows_in_logs_or_the_admin_api() {
+    let servers = backends(&["b1", "b2"]).await;
+    let gateway = Gateway::start_logging(&servers.iter().collect::<Vec<_>>(), &[], "trace").await;
+    for _ in 0..5 {
+        let mut browser = gateway.browser();
+        browser.get("/").await;
+        browser.get("/").await;
+    }
+    let mut forged = gateway.browser();
+    forged.jar.insert("sticky".into(), "A".repeat(51));
+    forged.get("/").await;
+    gateway.post("/backends/b1/drain").await;
+    let (_, listing) = gateway.admin(Method::GET, "/backends", "").await;
+
+    let page = {
+        let request = Request::get(format!("http://{}/", gateway.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = gateway.http.request(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    let log = gateway.log();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "logging at trace: {log}"
+    );
+    for (what, text) in [
+        ("log", log),
+        ("admin JSON", listing.to_string()),
+        ("status page", page),
+    ] {
+        assert!(!text.contains(SECRET), "the secret is in the {what}");
+        assert!(
+            !text.contains(&SECRET[..16]),
+            "part of the secret is in the {what}"
+        );
+    }
+}

@@ -1,0 +1,472 @@
+//! What the gateway's process-level tests share: demo backends served in
+//! the test process (which can be stopped), the gateway binary as a child
+//! process on fresh loopback ports, and browsers that keep cookie jars.
+//!
+//! Build the gateway first: `cargo build --example gateway` (`cargo test
+//! --workspace` builds it too).
+#![allow(dead_code, unused_imports)]
+
+#[path = "../../examples/gateway/demo.rs"]
+pub mod demo;
+
+pub use std::collections::{BTreeMap, BTreeSet};
+pub use std::future::Future;
+pub use std::net::SocketAddr;
+pub use std::path::PathBuf;
+pub use std::process::Stdio;
+pub use std::sync::{Arc, Mutex};
+pub use std::time::{Duration, Instant};
+
+pub use http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
+pub use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
+pub use http_body_util::{BodyExt, Full};
+pub use hyper::body::Bytes;
+pub use hyper_util::client::legacy::connect::HttpConnector;
+pub use hyper_util::client::legacy::Client;
+pub use hyper_util::rt::{TokioExecutor, TokioIo};
+pub use serde_json::{json, Value};
+pub use tokio::io::AsyncReadExt;
+pub use tokio::net::{TcpListener, TcpStream};
+pub use tokio::process::{Child, Command};
+pub use tokio::sync::{oneshot, Semaphore};
+pub use tokio::task::{JoinHandle, JoinSet};
+
+pub const SECRET: &str = "gateway end-to-end secret, 32 bytes long";
+pub const STICKY: &str = "sticky";
+/// Longest wait for anything: a request, a process, a backend stopping.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------------ backends
+
+/// A demo backend served in this process, which can be stopped.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub shutdown: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let app = demo::router(name);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Backend {
+            name: name.to_owned(),
+            addr,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving: the listener closes, and so does every connection
+    /// (axum's graceful shutdown closes idle keep-alive connections at once
+    /// and its future ends only when all are closed). The serving task is
+    /// aborted afterwards all the same.
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let task = self.task.take().expect("stopped twice");
+        let abort = task.abort_handle();
+        let closed = tokio::time::timeout(Duration::from_secs(5), task).await;
+        abort.abort();
+        assert!(
+            closed.is_ok(),
+            "backend {} did not close its connections within 5 s",
+            self.name
+        );
+        let addr = self.addr;
+        wait_until(
+            "the stopped backend's port to refuse connections",
+            || async move { TcpStream::connect(addr).await.is_err() },
+        )
+        .await;
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+pub async fn backends(names: &[&str]) -> Vec<Backend> {
+    let mut started = Vec::new();
+    for name in names {
+        started.push(Backend::start(name).await);
+    }
+    started
+}
+
+/// Polls `condition` every 20 ms until it holds; panics after `DEADLINE`.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ------------------------------------------------------------- gateway
+
+/// The gateway binary, built next to this test's own executable.
+pub fn gateway_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/gateway_e2e-HASH -> target/debug/examples/gateway
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let binary = dir
+        .join("examples")
+        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build --example gateway` \
+         (cargo test --workspace builds it)",
+        binary.display()
+    );
+    binary
+}
+
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A gateway child process, killed on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+    pub http: HttpClient,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway over `backends` with the extra flags `args`, and
+    /// waits until both of its ports accept connections.
+    pub async fn start(backends: &[&Backend], args: &[&str]) -> Gateway {
+        Self::start_logging(backends, args, "info").await
+    }
+
+    /// Like [`start`](Self::start), logging at `level` (`RUST_LOG`).
+    pub async fn start_logging(backends: &[&Backend], args: &[&str], level: &str) -> Gateway {
+        let addr = free_port();
+        let admin = free_port();
+        let mut command = Command::new(gateway_binary());
+        command
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string());
+        for backend in backends {
+            command
+                .arg("--backend")
+                .arg(format!("{}={}", backend.name, backend.url()));
+        }
+        command
+            .args(args)
+            .env("STICKY_SECRET", SECRET)
+            .env("RUST_LOG", level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn the gateway");
+        // Drain its log so that it never blocks on a full pipe.
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buffer).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        let mut gateway = Gateway {
+            child,
+            addr,
+            admin,
+            log,
+            http: http_client(),
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = gateway.child.try_wait().unwrap() {
+                panic!("the gateway exited with {status}:\n{}", gateway.log());
+            }
+            if TcpStream::connect(addr).await.is_ok() && TcpStream::connect(admin).await.is_ok() {
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the gateway did not listen within {DEADLINE:?}:\n{}",
+                gateway.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gateway
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn browser(&self) -> Browser {
+        Browser::new(&self.http, self.addr)
+    }
+
+    /// One admin API call; every answer must be JSON.
+    pub async fn admin(&self, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{}{path}", self.admin))
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let response = tokio::time::timeout(DEADLINE, self.http.request(request))
+            .await
+            .expect("admin call timed out")
+            .unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/json"),
+            "{method} {path}: {status} {text}"
+        );
+        let value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"));
+        (status, value)
+    }
+
+    pub async fn post(&self, path: &str) -> Value {
+        let (status, value) = self.admin(Method::POST, path, "").await;
+        assert_eq!(status, StatusCode::OK, "POST {path}: {value}");
+        value
+    }
+
+    /// `GET /backends`, by name.
+    pub async fn list(&self) -> BTreeMap<String, Value> {
+        let (status, list) = self.admin(Method::GET, "/backends", "").await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        list.as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|b| (b["name"].as_str().unwrap().to_owned(), b.clone()))
+            .collect()
+    }
+}
+
+// ------------------------------------------------------------- clients
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// One browser: its own cookie jar (and extra headers) over a shared
+/// connection pool.
+pub struct Browser {
+    pub http: HttpClient,
+    pub addr: SocketAddr,
+    pub jar: BTreeMap<String, String>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub backend: Option<String>,
+    pub set_cookies: Vec<String>,
+    pub body: String,
+}
+
+impl Reply {
+    /// The value of the sticky cookie this answer sets, if any.
+    pub fn sticky_cookie(&self) -> Option<&str> {
+        self.set_cookies.iter().find_map(|c| {
+            c.split(';')
+                .next()
+                .and_then(|pair| pair.split_once('='))
+                .filter(|(name, _)| name.trim() == STICKY)
+                .map(|(_, value)| value.trim())
+        })
+    }
+
+    /// `(backend, visits)` from a demo answer, `"<name> visit <n>\n"`.
+    pub fn visit(&self) -> (String, u32) {
+        assert_eq!(self.status, StatusCode::OK, "{self:?}");
+        let (name, count) = self
+            .body
+            .trim_end()
+            .split_once(" visit ")
+            .unwrap_or_else(|| panic!("not a demo answer: {self:?}"));
+        assert_eq!(self.backend.as_deref(), Some(name), "{self:?}");
+        (name.to_owned(), count.parse().expect("a visit count"))
+    }
+}
+
+impl Browser {
+    pub fn new(http: &HttpClient, addr: SocketAddr) -> Self {
+        Self {
+            http: http.clone(),
+            addr,
+            jar: BTreeMap::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((
+            HeaderName::from_static(name),
+            HeaderValue::from_str(value).unwrap(),
+        ));
+        self
+    }
+
+    pub fn cookie_header(&self) -> Option<String> {
+        if self.jar.is_empty() {
+            return None;
+        }
+        let pairs: Vec<String> = self.jar.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        Some(pairs.join("; "))
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        let mut request = Request::get(format!("http://{}{path}", self.addr));
+        if let Some(cookies) = self.cookie_header() {
+            request = request.header(COOKIE, cookies);
+        }
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(Full::new(Bytes::new())).unwrap();
+        let response = tokio::time::timeout(DEADLINE, self.http.request(request))
+            .await
+            .expect("request timed out")
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let set_cookies: Vec<String> = parts
+            .headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        for cookie in &set_cookies {
+            let pair = cookie.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            self.jar
+                .insert(name.trim().to_owned(), value.trim().to_owned());
+        }
+        let body = tokio::time::timeout(DEADLINE, body.collect())
+            .await
+            .expect("body timed out")
+            .unwrap()
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            backend: parts
+                .headers
+                .get("x-backend")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            set_cookies,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
+    }
+}
+
+/// Runs `job` on every item, at most `limit` at a time, each in its own
+/// task; the results come back in the items' order.
+pub async fn in_parallel<I, T, Fut>(
+    items: impl IntoIterator<Item = I>,
+    limit: usize,
+    job: impl Fn(I) -> Fut,
+) -> Vec<T>
+where
+    T: Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(limit));
+    let mut jobs = JoinSet::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let future = job(item);
+        let permits = Arc::clone(&permits);
+        jobs.spawn(async move {
+            let _permit = permits.acquire_owned().await.unwrap();
+            (i, future.await)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(result) = jobs.join_next().await {
+        results.push(result.unwrap());
+    }
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, t)| t).collect()
+}
+
+/// `n` new browsers, one request each (sequentially, so that the weighted
+/// schedule hands them out in turn); each with its home backend.
+pub async fn new_sessions(gateway: &Gateway, n: usize) -> Vec<(Browser, String)> {
+    let mut sessions = Vec::new();
+    for _ in 0..n {
+        let mut browser = gateway.browser();
+        let reply = browser.get("/").await;
+        let (home, visits) = reply.visit();
+        assert_eq!(visits, 1, "{reply:?}");
+        assert!(reply.sticky_cookie().is_some(), "{reply:?}");
+        sessions.push((browser, home));
+    }
+    sessions
+}
+
+/// How many new (cookie-less) clients land on each backend.
+pub async fn homes_of_new_clients(gateway: &Gateway, n: usize) -> BTreeMap<String, usize> {
+    let homes = in_parallel(0..n, 50, |_| {
+        let mut browser = gateway.browser();
+        async move { browser.get("/").await.visit().0 }
+    })
+    .await;
+    let mut counts = BTreeMap::new();
+    for home in homes {
+        *counts.entry(home).or_default() += 1;
+    }
+    counts
+}
