@@ -48,7 +48,12 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Serves a fresh demo backend (empty memory) on `addr`.
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let app = demo::router(name);
@@ -65,6 +70,20 @@ impl Backend {
             shutdown: Some(shutdown),
             task: Some(task),
         }
+    }
+
+    /// Starts serving again on the same port after [`stop`](Self::stop).
+    pub async fn restart(&mut self) {
+        assert!(
+            self.task.is_none(),
+            "backend {} is still running",
+            self.name
+        );
+        *self = Backend::start_at(&self.name, self.addr).await;
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.task.is_some()
     }
 
     pub fn url(&self) -> String {
@@ -371,6 +390,11 @@ impl Browser {
     }
 
     pub async fn get(&mut self, path: &str) -> Reply {
+        self.try_get(path).await.unwrap()
+    }
+
+    /// Like [`get`](Self::get), with transport failures as errors.
+    pub async fn try_get(&mut self, path: &str) -> Result<Reply, String> {
         let mut request = Request::get(format!("http://{}{path}", self.addr));
         if let Some(cookies) = self.cookie_header() {
             request = request.header(COOKIE, cookies);
@@ -381,8 +405,8 @@ impl Browser {
         let request = request.body(Full::new(Bytes::new())).unwrap();
         let response = tokio::time::timeout(DEADLINE, self.http.request(request))
             .await
-            .expect("request timed out")
-            .unwrap();
+            .map_err(|_| "request timed out".to_owned())?
+            .map_err(|e| format!("request failed: {e:?}"))?;
         let (parts, body) = response.into_parts();
         let set_cookies: Vec<String> = parts
             .headers
@@ -398,18 +422,18 @@ impl Browser {
         }
         let body = tokio::time::timeout(DEADLINE, body.collect())
             .await
-            .expect("body timed out")
-            .unwrap()
+            .map_err(|_| "body timed out".to_owned())?
+            .map_err(|e| format!("body failed: {e:?}"))?
             .to_bytes();
-        Reply {
+        Ok(Reply {
             status: parts.status,
             backend: parts
                 .headers
                 .get("x-backend")
                 .map(|v| v.to_str().unwrap().to_owned()),
             set_cookies,
-            body: String::from_utf8(body.to_vec()).unwrap(),
-        }
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     }
 }
 
@@ -470,3 +494,5 @@ pub async fn homes_of_new_clients(gateway: &Gateway, n: usize) -> BTreeMap<Strin
     }
     counts
 }
+
+pub mod soak;
