@@ -22,7 +22,7 @@ use demo::{
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Request;
 use tower::discover::Change;
 use tower_sticky::sticky_core::{BackendSpec, BackendState, HealthPolicy, Outcome};
 use tower_sticky::{Backends, Sticky};
@@ -149,7 +149,9 @@ async fn stop_one_server(
             match visit(client, id).await {
                 Ok(reply) => break reply,
                 Err(status) => {
-                    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                    // Observed: UNAVAILABLE, "tcp connect error" (a call
+                    // racing the connection's close might see another code).
+                    println!("  {id}: {:?}: {}", status.code(), status.message());
                     failures += 1;
                     assert!(failures < 20, "{id} keeps failing: {status:?}");
                 }
