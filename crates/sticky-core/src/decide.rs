@@ -285,9 +285,10 @@ impl Snapshot {
                 Outcome::Refreshed,
                 Some(Duration::from_secs(u64::from(t.issued))),
             ),
-            Bound::Token(_) => (Outcome::Hit, None),
-            // No token yet: one is issued if asked for.
-            Bound::Route | Bound::Hash(_) => (Outcome::Hit, Some(now)),
+            // A route or hash key is affinity enough: no token, so that
+            // clients which send their own key on every call are not sent
+            // one on every answer.
+            Bound::Token(_) | Bound::Route | Bound::Hash(_) => (Outcome::Hit, None),
         };
         member.stats().count_hit();
         let token = issued

@@ -159,6 +159,20 @@ impl BackendStats {
         }
     }
 
+    /// Records a refused connection at `now`: unlike an error that could
+    /// be the request's fault, it says the backend is not there, so the
+    /// backend rests at once instead of after `failure_threshold` failures.
+    pub fn record_refused(&self, policy: &HealthPolicy, now: Duration) {
+        self.failures.fetch_add(1, Relaxed);
+        if policy.failure_threshold != 0 {
+            self.consecutive_failures
+                .store(policy.failure_threshold, Relaxed);
+            self.down_until_ms
+                .store(millis(now + policy.cooldown), Relaxed);
+            self.probe_at_ms.store(0, Relaxed);
+        }
+    }
+
     /// Whether passive health has the backend resting at `now` (a probe may
     /// still be due; this does not claim it).
     pub fn is_down(&self, now: Duration) -> bool {
@@ -239,6 +253,18 @@ mod tests {
         assert!(s.admit(&policy(), t));
         assert!(!s.admit(&policy(), t + Duration::from_secs(1)));
         assert!(s.admit(&policy(), t + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_refused_connection_rests_the_backend_at_once() {
+        let s = BackendStats::default();
+        let now = Duration::from_secs(100);
+        s.record_refused(&policy(), now);
+        assert!(!s.admit(&policy(), now));
+        assert!(
+            s.admit(&policy(), now + Duration::from_secs(5)),
+            "then a probe"
+        );
     }
 
     #[test]

@@ -109,16 +109,22 @@ impl<S> Ctx<S> {
             .map(|b| self.table.snapshot.member(b).id())
     }
 
-    fn record_failure(&self) {
+    /// Feeds a failure to passive health; a refused connection takes the
+    /// backend out at once (a lazily connecting client, such as a tonic
+    /// `Channel`, reports it only after taking the request).
+    fn record_failure(&self, refused: bool) {
         if let Some(in_flight) = &self.in_flight {
-            in_flight
-                .stats()
-                .record_failure(&self.table.snapshot.config().health, self.now);
+            let policy = &self.table.snapshot.config().health;
+            if refused {
+                in_flight.stats().record_refused(policy, self.now);
+            } else {
+                in_flight.stats().record_failure(policy, self.now);
+            }
         }
     }
 
     fn backend_error(&mut self, source: BoxError) -> Error {
-        self.record_failure();
+        self.record_failure(connection_refused(&*source));
         self.in_flight = None;
         let backend = self.backend_id().cloned().unwrap_or_else(|| "?".into());
         tracing::debug!(backend = %backend, source = self.source.as_str(), error = %source, "sticky backend failed");
@@ -135,7 +141,7 @@ impl<S> Ctx<S> {
         if self.retried || failed.is_none() {
             return Err(self.backend_error(source));
         }
-        self.record_failure();
+        self.record_failure(connection_refused(&*source));
         self.retried = true;
         let keys = Keys {
             issue_token: self.issue_tokens,
@@ -236,6 +242,20 @@ impl<S> Ctx<S> {
             make_private(headers);
         }
     }
+}
+
+/// Whether a refused connection is anywhere in an error's source chain.
+fn connection_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// An [`Unsent`] request anywhere in an error's source chain, so that
