@@ -11,6 +11,14 @@
 #   WARMUP=2          seconds of the discarded warm-up run before each
 #   WRK_THREADS=2     wrk -t
 #   WRK_CONNECTIONS=64  wrk -c
+#   ROUNDS=3          rounds; each runs every proxy once, in a rotated
+#                     order; the table gives the median over rounds
+#   MAX_NOISE=10      a measured run during which the hypervisor (steal)
+#   RETRIES=2         and processes other than the benchmark's took more
+#                     than this % of all CPU time is run again, up to
+#                     RETRIES more times; the least disturbed run counts
+#   KEEP_TMP=1        keep the temporary directory (configs, logs, wrk
+#                     output) instead of removing it
 #   PROXY_THREADS=$(nproc)  threads for each proxy: the gateway's tokio
 #                     workers (TOKIO_WORKER_THREADS), HAProxy's nbthread,
 #                     nginx's worker_processes
@@ -25,6 +33,9 @@ WARMUP=${WARMUP:-2}
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-64}
 PROXY_THREADS=${PROXY_THREADS:-$(nproc)}
+ROUNDS=${ROUNDS:-3}
+MAX_NOISE=${MAX_NOISE:-10}
+RETRIES=${RETRIES:-2}
 
 BACKEND_PORTS=(9101 9102 9103)
 GATEWAY_PORT=9201
@@ -57,7 +68,7 @@ if ((${#missing[@]})); then
     apt-get update >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >&2
 fi
-for tool in haproxy nginx wrk curl cargo rustc awk sed timeout; do
+for tool in haproxy nginx wrk curl cargo rustc awk sed timeout pgrep getconf; do
     command -v "$tool" >/dev/null || die "$tool not found"
 done
 
@@ -84,7 +95,11 @@ cleanup() {
     for pid in "${PIDS[@]}"; do
         stop_pid "$pid"
     done
-    rm -rf "$TMP"
+    if [[ -n ${KEEP_TMP:-} ]]; then
+        log "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -260,7 +275,7 @@ done
 
 # Display form of each proxy's start command, for the report.
 declare -A START_CMD=(
-    [gateway]="STICKY_SECRET=<32+ bytes> RUST_LOG=warn TOKIO_WORKER_THREADS=$PROXY_THREADS target/release/examples/gateway ${GATEWAY_ARGS[*]}"
+    [gateway]="STICKY_SECRET=<fixed 37-byte test secret> RUST_LOG=warn TOKIO_WORKER_THREADS=$PROXY_THREADS target/release/examples/gateway ${GATEWAY_ARGS[*]}"
     [haproxy]="haproxy -db -f \$TMP/haproxy/haproxy.cfg"
     [nginx]="nginx -p \$TMP/nginx -e \$TMP/nginx/logs/error.log -c \$TMP/nginx/nginx.conf"
 )
@@ -306,7 +321,8 @@ returning_cookie() {
         return 0
         ;;
     esac
-    headers=$(curl -si --max-time 5 -o - "http://127.0.0.1:$port/" | tr -d '\r')
+    headers=$(curl -si --max-time 5 -o - "http://127.0.0.1:$port/" | tr -d '\r') ||
+        die "$name: curl http://127.0.0.1:$port/ failed"
     value=$(printf '%s\n' "$headers" |
         sed -n "s/^set-cookie:[[:space:]]*\\($wanted=[^;]*\\).*/\\1/Ip" | sed -n 1p)
     [[ -n $value ]] || {
@@ -377,9 +393,30 @@ LOAD_BEFORE=$(cut -d ' ' -f 1-3 /proc/loadavg)
 
 PROXIES=(gateway haproxy nginx)
 KINDS=(new returning)
-declare -A RPS P99 P99_RAW WRK_CMD CHECK WARM ERRORS COOKIE_USED
+# Per "proxy/kind/round": requests/s, p99 (as wrk prints it, and in ms),
+# CPU steal, other processes' CPU and idle during the measured run, tries,
+# the proxy's CPU time (ticks).
+declare -A RPS REQUESTS P99_RAW P99 STEAL OTHERS NOISE IDLE TRIES PROXY_TICKS
+# Per "proxy/kind": wrk command, checks, warm-up counts, errors (all rounds).
+declare -A WRK_CMD CHECK WARM ERRORS COOKIE_USED
 RAW_OUTPUT="$TMP/wrk-output.txt"
+GATEWAY_ALL_LOG="$TMP/gateway-all.log"
 : >"$RAW_OUTPUT"
+: >"$GATEWAY_ALL_LOG"
+GATEWAY_RESET=""
+
+# proxy_alive: dies, showing the proxy's log and wrk's last output, if the
+# proxy under test has exited.
+proxy_alive() {
+    local status
+    kill -0 "$PROXY_PID" 2>/dev/null && return 0
+    wait "$PROXY_PID" 2>/dev/null && status=0 || status=$?
+    log "--- proxy log ($PROXY_LOG), last lines:"
+    tail -n 30 "$PROXY_LOG" >&2 || true
+    log "--- wrk's last output:"
+    cat "$TMP/last-wrk.txt" >&2 2>/dev/null || true
+    die "the proxy (pid $PROXY_PID) has exited, status $status"
+}
 
 run_wrk() { # run_wrk OUTFILE SECONDS [extra wrk args...] URL
     local out=$1 secs=$2
@@ -387,74 +424,201 @@ run_wrk() { # run_wrk OUTFILE SECONDS [extra wrk args...] URL
     timeout $((secs + 30)) wrk -t "$WRK_THREADS" -c "$WRK_CONNECTIONS" \
         -d "${secs}s" --latency "$@" >"$out" 2>&1 || {
         cat "$out" >&2
+        proxy_alive
         die "wrk failed"
     }
+    cp "$out" "$TMP/last-wrk.txt"
+    proxy_alive
 }
 
-for proxy in "${PROXIES[@]}"; do
-    log "== $proxy"
-    start_proxy "$proxy"
-    url="http://127.0.0.1:$PROXY_PORT/"
-    for kind in "${KINDS[@]}"; do
-        key="$proxy/$kind"
-        header=()
-        shown_header=""
-        if [[ $kind == returning ]]; then
-            cookie=$(returning_cookie "$proxy" "$PROXY_PORT")
-            COOKIE_USED[$proxy]=$cookie
-            header=(-H "Cookie: $cookie")
-            shown_header=" -H 'Cookie: $cookie'"
-            CHECK[$key]="20 curl requests with the cookie: $(body_counts "$PROXY_PORT" "$cookie")"
-        else
-            CHECK[$key]="20 curl requests without a cookie: $(body_counts "$PROXY_PORT")"
-        fi
-        log "   $kind: warm-up ${WARMUP}s"
-        run_wrk "$TMP/warm.txt" "$WARMUP" -s "$TMP/count.lua" "${header[@]}" "$url"
-        WARM[$key]=$(sed -n 's/^warm-up answers (status body): //p' "$TMP/warm.txt")
-        log "   $kind: measuring ${DURATION}s"
-        run_wrk "$TMP/run.txt" "$DURATION" "${header[@]}" "$url"
-        WRK_CMD[$key]="wrk -t $WRK_THREADS -c $WRK_CONNECTIONS -d ${DURATION}s --latency$shown_header $url"
-        {
-            echo "### $proxy, $kind-session"
-            echo
-            echo '```'
-            echo "\$ ${WRK_CMD[$key]}"
-            cat "$TMP/run.txt"
-            echo '```'
-            echo
-        } >>"$RAW_OUTPUT"
-        RPS[$key]=$(awk '/^Requests\/sec:/ {print $2}' "$TMP/run.txt")
-        P99_RAW[$key]=$(awk '$1 == "99%" {print $2}' "$TMP/run.txt")
-        [[ -n ${RPS[$key]} && -n ${P99_RAW[$key]} ]] || {
-            cat "$TMP/run.txt" >&2
-            die "could not parse wrk's output for $key"
-        }
-        P99[$key]=$(to_ms "${P99_RAW[$key]}")
-        ERRORS[$key]=$(grep -E 'Non-2xx or 3xx responses|Socket errors' "$TMP/run.txt" |
-            sed 's/^ *//' | paste -sd ';' -) || true
-        # After the load: is the session still where it was?
-        if [[ $kind == returning ]]; then
-            CHECK[$key]+="; after the run: $(body_counts "$PROXY_PORT" "$cookie")"
-        fi
-        log "   $kind: ${RPS[$key]} requests/s, p99 ${P99_RAW[$key]}"
+# cpu_ticks: the aggregate "cpu" line of /proc/stat, without its label.
+cpu_ticks() { sed -n 's/^cpu  *//p' /proc/stat; }
+
+# cpu_share BEFORE AFTER FIELD: percentage of all CPU time spent in FIELD
+# (4 = idle, 8 = steal) between two cpu_ticks readings.
+cpu_share() {
+    awk -v a="$1" -v b="$2" -v f="$3" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " "); total = 0
+        for (i = 1; i <= n && i <= 8; i++) total += y[i] - x[i]
+        if (total > 0) printf "%.1f", 100 * (y[f] - x[f]) / total; else print "?"
+    }'
+}
+
+# ours_ticks OURS_VAR PROXY_VAR: sets OURS_VAR to the CPU time (user +
+# system, in /proc/stat ticks) used so far by the benchmark's own
+# processes: the backends and the proxy (with their child processes:
+# nginx's workers) and the commands this shell has waited for (wrk); and
+# PROXY_VAR to the proxy's part of it. Not to be called in a subshell:
+# `times` must see this shell's children.
+ours_ticks() {
+    local pid child total=0 proxy=0 ticks stat fields kids
+    for pid in "$BACKENDS_PID" "$PROXY_PID"; do
+        mapfile -t kids < <(pgrep -P "$pid" || true)
+        for child in "$pid" "${kids[@]}"; do
+            stat=$(cat "/proc/$child/stat" 2>/dev/null) || continue
+            read -ra fields <<<"${stat##*) }"
+            ticks=$((fields[11] + fields[12]))
+            total=$((total + ticks))
+            [[ $pid == "$PROXY_PID" ]] && proxy=$((proxy + ticks))
+        done
     done
-    if [[ $proxy == gateway ]]; then
-        GATEWAY_LOG_LINES=$(wc -l <"$PROXY_LOG")
-        GATEWAY_LOG_TAIL=$(tail -n 20 "$PROXY_LOG")
-        # Does a returning request get a new Set-Cookie?
-        GATEWAY_RESET=$(curl -si --max-time 5 -H "Cookie: ${COOKIE_USED[gateway]}" \
-            "http://127.0.0.1:$PROXY_PORT/" | tr -d '\r' | grep -ci '^set-cookie:' || true)
-    elif [[ -s $PROXY_LOG ]]; then
-        log "   $proxy log tail:"
-        tail -n 5 "$PROXY_LOG" >&2
-    fi
-    stop_pid "$PROXY_PID"
-    unset 'PIDS[-1]'
+    times >"$TMP/times"
+    printf -v "$1" '%s' "$(awk -v t="$total" -v hz="$CLK_TCK" 'NR == 2 {
+        s = 0
+        for (i = 1; i <= 2; i++) { split($i, p, /[ms]/); s += p[1] * 60 + p[2] }
+        printf "%d\n", t + s * hz
+    }' "$TMP/times")"
+    printf -v "$2" '%s' "$proxy"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# others_share BEFORE AFTER OURS_BEFORE OURS_AFTER: percentage of all CPU
+# time used by processes other than the benchmark's (busy time minus ours).
+others_share() {
+    awk -v a="$1" -v b="$2" -v o1="$3" -v o2="$4" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " "); total = 0
+        for (i = 1; i <= n && i <= 8; i++) total += y[i] - x[i]
+        busy = total - (y[4] - x[4]) - (y[5] - x[5]) - (y[8] - x[8])
+        share = total > 0 ? 100 * (busy - (o2 - o1)) / total : 0
+        printf "%.1f", share < 0 ? 0 : share
+    }'
+}
+
+# note ARRAY KEY TEXT: appends TEXT to ARRAY[KEY], "; "-separated.
+note() {
+    local -n array=$1
+    local key=$2 text=$3
+    array[$key]="${array[$key]:+${array[$key]}; }$text"
+}
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    # Rotate the order each round so no proxy always runs first or last.
+    order=()
+    for ((i = 0; i < ${#PROXIES[@]}; i++)); do
+        order+=("${PROXIES[(i + round - 1) % ${#PROXIES[@]}]}")
+    done
+    for proxy in "${order[@]}"; do
+        log "== round $round/$ROUNDS: $proxy"
+        start_proxy "$proxy"
+        url="http://127.0.0.1:$PROXY_PORT/"
+        for kind in "${KINDS[@]}"; do
+            key="$proxy/$kind"
+            rkey="$key/$round"
+            header=()
+            shown_header=""
+            if [[ $kind == returning ]]; then
+                cookie=$(returning_cookie "$proxy" "$PROXY_PORT") || {
+                    proxy_alive
+                    log "--- proxy log ($PROXY_LOG), last lines:"
+                    tail -n 30 "$PROXY_LOG" >&2 || true
+                    exit 1
+                }
+                COOKIE_USED[$proxy]=$cookie
+                header=(-H "Cookie: $cookie")
+                shown_header=" -H 'Cookie: <cookie>'"
+                note CHECK "$key" "round $round: $(body_counts "$PROXY_PORT" "$cookie") before"
+            else
+                note CHECK "$key" "round $round: $(body_counts "$PROXY_PORT")"
+            fi
+            log "   $kind: warm-up ${WARMUP}s"
+            run_wrk "$TMP/warm.txt" "$WARMUP" -s "$TMP/count.lua" "${header[@]}" "$url"
+            note WARM "$key" "round $round: $(sed -n 's/^warm-up answers (status body): //p' "$TMP/warm.txt")"
+            # On a shared VM the host may take CPU time away (steal), and
+            # other processes may compete: a run with too much of either is
+            # measured again; the least disturbed run counts.
+            for ((try = 1; try <= 1 + RETRIES; try++)); do
+                log "   $kind: measuring ${DURATION}s (try $try)"
+                ours_ticks ours_before proxy_before
+                ticks_before=$(cpu_ticks)
+                run_wrk "$TMP/try.txt" "$DURATION" "${header[@]}" "$url"
+                ticks_after=$(cpu_ticks)
+                ours_ticks ours_after proxy_after
+                steal=$(cpu_share "$ticks_before" "$ticks_after" 8)
+                others=$(others_share "$ticks_before" "$ticks_after" "$ours_before" "$ours_after")
+                noise=$(awk -v a="$steal" -v b="$others" 'BEGIN { print a + b }')
+                if ((try == 1)) || awk -v a="$noise" -v b="${NOISE[$rkey]}" 'BEGIN { exit !(a < b) }'; then
+                    cp "$TMP/try.txt" "$TMP/run.txt"
+                    STEAL[$rkey]=$steal
+                    OTHERS[$rkey]=$others
+                    NOISE[$rkey]=$noise
+                    IDLE[$rkey]=$(cpu_share "$ticks_before" "$ticks_after" 4)
+                    PROXY_TICKS[$rkey]=$((proxy_after - proxy_before))
+                fi
+                TRIES[$rkey]=$try
+                awk -v n="$noise" -v m="$MAX_NOISE" 'BEGIN { exit !(n <= m) }' && break
+                log "   $kind: CPU steal $steal% + other processes $others% > $MAX_NOISE%"
+            done
+            WRK_CMD[$key]="wrk -t $WRK_THREADS -c $WRK_CONNECTIONS -d ${DURATION}s --latency$shown_header $url"
+            {
+                echo "### round $round, $proxy, $kind-session"
+                echo
+                echo '```'
+                echo "\$ wrk -t $WRK_THREADS -c $WRK_CONNECTIONS -d ${DURATION}s --latency${header[1]:+ -H '${header[1]}'} $url"
+                cat "$TMP/run.txt"
+                echo '```'
+                echo
+            } >>"$RAW_OUTPUT"
+            RPS[$rkey]=$(awk '/^Requests\/sec:/ {print $2}' "$TMP/run.txt")
+            REQUESTS[$rkey]=$(awk '$2 == "requests" && $3 == "in" {print $1}' "$TMP/run.txt")
+            P99_RAW[$rkey]=$(awk '$1 == "99%" {print $2}' "$TMP/run.txt")
+            [[ -n ${RPS[$rkey]} && -n ${P99_RAW[$rkey]} ]] || {
+                cat "$TMP/run.txt" >&2
+                die "could not parse wrk's output for $rkey"
+            }
+            P99[$rkey]=$(to_ms "${P99_RAW[$rkey]}")
+            errors=$(grep -E 'Non-2xx or 3xx responses|Socket errors' "$TMP/run.txt" |
+                sed 's/^ *//' | paste -sd ',' -) || true
+            [[ -n $errors ]] && note ERRORS "$key" "round $round: $errors"
+            # After the load: is the session still where it was?
+            if [[ $kind == returning ]]; then
+                CHECK[$key]+=", $(body_counts "$PROXY_PORT" "$cookie") after the run"
+            fi
+            log "   $kind: ${RPS[$rkey]} requests/s, p99 ${P99_RAW[$rkey]}, steal ${STEAL[$rkey]}%, others ${OTHERS[$rkey]}%, idle ${IDLE[$rkey]}%"
+        done
+        if [[ $proxy == gateway ]]; then
+            cat "$PROXY_LOG" >>"$GATEWAY_ALL_LOG"
+            # Does a returning request get a new Set-Cookie?
+            GATEWAY_RESET+="${GATEWAY_RESET:+, }$(curl -si --max-time 5 \
+                -H "Cookie: ${COOKIE_USED[gateway]}" "http://127.0.0.1:$PROXY_PORT/" |
+                tr -d '\r' | grep -ci '^set-cookie:' || true)"
+        elif [[ -s $PROXY_LOG ]]; then
+            log "   $proxy log tail:"
+            tail -n 5 "$PROXY_LOG" >&2
+        fi
+        stop_pid "$PROXY_PID"
+        unset 'PIDS[-1]'
+    done
+done
+
+# median PREFIX ARRAY: the median over rounds of ARRAY[PREFIX/round].
+median() {
+    local prefix=$1 r
+    local -n values=$2
+    for ((r = 1; r <= ROUNDS; r++)); do
+        printf '%s\n' "${values[$prefix/$r]}"
+    done | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2
+    }'
+}
+
+declare -A MED_RPS MED_P99
+for proxy in "${PROXIES[@]}"; do
+    for kind in "${KINDS[@]}"; do
+        MED_RPS[$proxy/$kind]=$(median "$proxy/$kind" RPS)
+        MED_P99[$proxy/$kind]=$(median "$proxy/$kind" P99)
+    done
 done
 
 # --- report ----------------------------------------------------------------
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "—" }'; }
+# per_request TICKS REQUESTS: CPU microseconds per request.
+per_request() {
+    awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN {
+        if (n > 0) printf "%.1f µs", t / hz * 1e6 / n; else print "?"
+    }'
+}
+fmt_ms() { awk -v v="$1" 'BEGIN { printf "%.2fms", v }'; }
 fmt_rps() { awk -v v="$1" 'BEGIN { printf "%d", v + 0.5 }' | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 
 cpu_model=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | sed -n 1p)
@@ -473,38 +637,62 @@ echo "- $wrk_version"
 echo "- $rustc_version; gateway commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (work tree has changes)')"
 echo "- proxy threads: $PROXY_THREADS each (gateway: TOKIO_WORKER_THREADS=$PROXY_THREADS; HAProxy: nbthread $PROXY_THREADS; nginx: worker_processes $PROXY_THREADS); backends: one nginx, worker_processes 1, three server blocks answering b1/b2/b3; wrk, backends and proxy share the same $(nproc) CPUs"
 echo "- load average (1, 5, 15 min) before the runs: $LOAD_BEFORE; after: $(cut -d ' ' -f 1-3 /proc/loadavg) (the after figure includes the benchmark's own load)"
-echo "- load: wrk -t $WRK_THREADS -c $WRK_CONNECTIONS, ${WARMUP} s warm-up (discarded) then ${DURATION} s measured, per proxy and traffic kind; one proxy running at a time"
+echo "- load: wrk -t $WRK_THREADS -c $WRK_CONNECTIONS; per proxy and traffic kind a ${WARMUP} s warm-up (discarded) then ${DURATION} s measured; one proxy running at a time; $ROUNDS round(s), the proxies' order rotated each round"
+echo
+echo "Median over $ROUNDS round(s); ratios are between medians."
 echo
 echo "| proxy | traffic | requests/s | p99 | requests/s ratio to HAProxy | p99 ratio to HAProxy |"
 echo "|---|---|---|---|---|---|"
 for proxy in "${PROXIES[@]}"; do
     for kind in "${KINDS[@]}"; do
         key="$proxy/$kind"
-        echo "| $proxy | $kind-session | $(fmt_rps "${RPS[$key]}") | ${P99_RAW[$key]} | $(ratio "${RPS[$key]}" "${RPS[haproxy/$kind]}") | $(ratio "${P99[$key]}" "${P99[haproxy/$kind]}") |"
+        echo "| $proxy | $kind-session | $(fmt_rps "${MED_RPS[$key]}") | $(fmt_ms "${MED_P99[$key]}") | $(ratio "${MED_RPS[$key]}" "${MED_RPS[haproxy/$kind]}") | $(ratio "${MED_P99[$key]}" "${MED_P99[haproxy/$kind]}") |"
     done
 done
 echo
 echo "Traffic: new-session = no cookie on any request; returning-session = every request carries"
-echo "\`Cookie: <value>\`: gateway \`${COOKIE_USED[gateway]:0:24}…\` (its signed cookie, from a first curl),"
-echo "HAProxy \`${COOKIE_USED[haproxy]}\` (its inserted cookie), nginx \`$NGINX_COOKIE\` (fixed; nginx inserts none)."
+echo "\`Cookie: <value>\`: gateway \`${COOKIE_USED[gateway]:0:24}…\` (its signed cookie, from a first curl; last round's shown),"
+echo "HAProxy \`${COOKIE_USED[haproxy]}\` (its inserted cookie, last round's), nginx \`$NGINX_COOKIE\` (fixed; nginx inserts none)."
+echo
+echo "Every round. Proxy CPU per request: the proxy's processes' user + system CPU time during the"
+echo "measured run (/proc/PID/stat, nginx's workers included) over the requests wrk completed."
+echo "CPU steal (taken by the hypervisor), other processes (busy time less the"
+echo "benchmark's own processes) and idle are shares of all CPU time during the measured run that"
+echo "counts, from /proc; tries: runs made, as a run with steal + other processes over $MAX_NOISE% is"
+echo "made again, up to $RETRIES more times, and the least disturbed one counts."
+echo
+echo "| round | proxy | traffic | requests/s | p99 | ratio to HAProxy (same round) | proxy CPU per request | CPU steal | other processes | CPU idle | tries |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+for ((round = 1; round <= ROUNDS; round++)); do
+    for proxy in "${PROXIES[@]}"; do
+        for kind in "${KINDS[@]}"; do
+            rkey="$proxy/$kind/$round"
+            echo "| $round | $proxy | $kind-session | $(fmt_rps "${RPS[$rkey]}") | ${P99_RAW[$rkey]} | $(ratio "${RPS[$rkey]}" "${RPS[haproxy/$kind/$round]}") | $(per_request "${PROXY_TICKS[$rkey]}" "${REQUESTS[$rkey]}") | ${STEAL[$rkey]}% | ${OTHERS[$rkey]}% | ${IDLE[$rkey]}% | ${TRIES[$rkey]} |"
+        done
+    done
+done
 echo
 echo "## Errors and stickiness"
+echo
+echo "Bodies b1/b2/b3 name the backend that answered. Before/after: 20 sequential curl requests"
+echo "before and after the measured run; warm-up: every answer of the ${WARMUP} s warm-up under"
+echo "full load, counted by a wrk Lua script."
 echo
 for proxy in "${PROXIES[@]}"; do
     for kind in "${KINDS[@]}"; do
         key="$proxy/$kind"
-        echo "- $proxy, $kind-session: wrk errors: ${ERRORS[$key]:-none}"
-        echo "  - ${CHECK[$key]}"
-        echo "  - warm-up under load: ${WARM[$key]:-?}"
+        echo "- $proxy, $kind-session: wrk errors (Non-2xx or 3xx responses, socket errors): ${ERRORS[$key]:-none}"
+        echo "  - curl: ${CHECK[$key]}"
+        echo "  - warm-up (count×status body): ${WARM[$key]:-?}"
     done
 done
-echo "- gateway: Set-Cookie headers on a returning request: ${GATEWAY_RESET:-?}; stderr lines (RUST_LOG=warn): ${GATEWAY_LOG_LINES:-0}"
-if [[ -n ${GATEWAY_LOG_TAIL:-} ]]; then
+echo "- gateway: Set-Cookie headers on a returning request, per round: ${GATEWAY_RESET:-?}; stderr lines (RUST_LOG=warn), all rounds: $(wc -l <"$GATEWAY_ALL_LOG")"
+if [[ -s $GATEWAY_ALL_LOG ]]; then
     echo
     echo "Gateway stderr, last lines:"
     echo
     echo '```'
-    printf '%s\n' "$GATEWAY_LOG_TAIL"
+    tail -n 20 "$GATEWAY_ALL_LOG"
     echo '```'
 fi
 echo
@@ -532,6 +720,6 @@ for file in backends/nginx.conf haproxy/haproxy.cfg nginx/nginx.conf; do
     echo '```'
 done
 echo
-echo "## wrk output"
+echo "## wrk output (measured runs)"
 echo
 cat "$RAW_OUTPUT"
