@@ -37,6 +37,14 @@ pub struct Placement {
 /// backend's own stack (concurrency limit, load shed, timeout); its errors,
 /// and 502/503/504 answers, feed passive health.
 ///
+/// The response future is `Send` when the backend and its future are. One
+/// caveat from the compiler, not the layer: if a backend's error type is a
+/// bare `Box<dyn Error + Send + Sync>`, rustc cannot always prove an
+/// `async` block holding the call is `Send` ("implementation of `From` is
+/// not general enough"). Backends with a concrete error type (axum routes,
+/// hyper clients, tonic channels, or a small wrapper type of your own) do
+/// not hit it.
+///
 /// # Example
 ///
 /// ```
