@@ -292,6 +292,9 @@ pub struct OpenedToken {
 pub struct TokenCodec {
     keys: KeyRing,
     config: TokenConfig,
+    /// Per key, the HMAC state with the cookie name already absorbed, so
+    /// sealing and opening start from it instead of hashing the name again.
+    bound: Vec<HmacSha256>,
     /// Refresh when `now - last_seen` reaches this many seconds.
     refresh_after: Option<u64>,
 }
@@ -306,9 +309,20 @@ impl TokenCodec {
         let refresh_after = config
             .idle_timeout
             .map(|idle| (idle.as_secs_f64() * config.refresh_fraction) as u64);
+        let bound = keys
+            .keys
+            .iter()
+            .map(|k| {
+                let mut mac = k.mac.clone();
+                mac.update(&(config.name.len() as u64).to_be_bytes());
+                mac.update(config.name.as_bytes());
+                mac
+            })
+            .collect();
         Self {
             keys,
             config,
+            bound,
             refresh_after,
         }
     }
@@ -324,9 +338,7 @@ impl TokenCodec {
     }
 
     fn mac(&self, key: usize, signed: &[u8]) -> HmacSha256 {
-        let mut mac = self.keys.keys[key].mac.clone();
-        mac.update(&(self.config.name.len() as u64).to_be_bytes());
-        mac.update(self.config.name.as_bytes());
+        let mut mac = self.bound[key].clone();
         mac.update(signed);
         mac
     }

@@ -34,8 +34,10 @@ pub enum Affinity {
 /// Which source placed a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeySource {
-    /// The load-balancer cookie or token header.
+    /// The load-balancer cookie.
     Cookie,
+    /// The token header (see `StickyLayer::token_header`).
+    TokenHeader,
     /// A request header.
     Header,
     /// An application cookie.
@@ -55,6 +57,7 @@ impl KeySource {
     pub fn as_str(self) -> &'static str {
         match self {
             KeySource::Cookie => "cookie",
+            KeySource::TokenHeader => "token-header",
             KeySource::Header => "header",
             KeySource::AppCookie => "app-cookie",
             KeySource::Route => "route",
@@ -390,16 +393,21 @@ pub(crate) fn find<'a>(
         match source {
             Affinity::Cookie => {
                 if found.token.is_none() {
-                    found.token = token_header
+                    let from_header = token_header
                         .and_then(|h| parts.headers.get(h))
-                        .and_then(|v| v.to_str().ok())
-                        .or_else(|| {
+                        .and_then(|v| v.to_str().ok());
+                    let (token, source) = match from_header {
+                        Some(token) => (Some(token), KeySource::TokenHeader),
+                        None => (
                             cookie_names
                                 .iter()
-                                .find_map(|n| cookie(&parts.headers, n, limits))
-                        });
-                    if found.token.is_some() {
-                        found.source = Some(KeySource::Cookie);
+                                .find_map(|n| cookie(&parts.headers, n, limits)),
+                            KeySource::Cookie,
+                        ),
+                    };
+                    if token.is_some() {
+                        found.token = token;
+                        found.source = Some(source);
                     }
                 }
                 continue;

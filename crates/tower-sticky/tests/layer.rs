@@ -526,6 +526,10 @@ async fn token_header_serves_clients_without_cookies() {
                 .unwrap(),
         )
         .await;
+        assert_eq!(
+            r.extensions().get::<Placement>().unwrap().source,
+            tower_sticky::KeySource::TokenHeader
+        );
         assert!(r.headers().get(&name).is_none());
         assert_eq!(r.into_body(), home);
     }
