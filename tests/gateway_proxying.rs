@@ -1,0 +1,247 @@
+//! What the gateway does to a request and its response on the way
+//! through, as a backend and a client see it: forwarding headers, Host,
+//! hop-by-hop headers, and bodies streamed both ways.
+//!
+//! Build the gateway first: `cargo build --example gateway`.
+
+mod support;
+
+use axum::body::Body;
+use axum::extract::Request as AxumRequest;
+use axum::response::Response;
+use support::*;
+
+/// A backend that answers with what it received: method, target, every
+/// header (as JSON, in `x-received`), and the request body as its body.
+/// It also sends hop-by-hop headers of its own, which must not reach the
+/// client.
+async fn echo_backend(name: &str) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let app = axum::Router::new().fallback(|request: AxumRequest| async move {
+        let (parts, body) = request.into_parts();
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect();
+        let received = json!({
+            "method": parts.method.as_str(),
+            "target": parts.uri.to_string(),
+            "headers": headers,
+        });
+        let body = body.collect().await.unwrap().to_bytes();
+        Response::builder()
+            .header("x-received", received.to_string())
+            .header("connection", "x-backend-hop")
+            .header("x-backend-hop", "must not reach the client")
+            .header("keep-alive", "timeout=5")
+            .body(Body::from(body))
+            .unwrap()
+    });
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Backend {
+        name: name.to_owned(),
+        addr,
+        shutdown: Some(shutdown),
+        task: Some(task),
+    }
+}
+
+/// What the backend saw, and the response the client got.
+struct Exchange {
+    method: String,
+    target: String,
+    /// Lower-case names; repeated headers in order.
+    received: Vec<(String, String)>,
+    response_headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Exchange {
+    fn received(&self, name: &str) -> Vec<&str> {
+        self.received
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+async fn send(gateway: &Gateway, request: Request<Full<Bytes>>) -> Exchange {
+    let response = tokio::time::timeout(DEADLINE, gateway.http.request(request))
+        .await
+        .expect("request timed out")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let received: Value = serde_json::from_str(
+        parts.headers["x-received"]
+            .to_str()
+            .expect("x-received is text"),
+    )
+    .unwrap();
+    Exchange {
+        method: received["method"].as_str().unwrap().to_owned(),
+        target: received["target"].as_str().unwrap().to_owned(),
+        received: received["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pair| {
+                (
+                    pair[0].as_str().unwrap().to_owned(),
+                    pair[1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect(),
+        response_headers: parts.headers,
+        body,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_host_and_hop_by_hop_headers() {
+    let backend = echo_backend("echo").await;
+    let gateway = Gateway::start(&[&backend], &[]).await;
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(format!("http://{}/some/path?q=1&r=two", gateway.addr))
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-app", "kept")
+        .header("connection", "keep-alive, x-client-hop")
+        .header("x-client-hop", "named by Connection")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "trailers")
+        .body(Full::default())
+        .unwrap();
+    let seen = send(&gateway, request).await;
+
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.target, "/some/path?q=1&r=two");
+    let gateway_host = gateway.addr.to_string();
+    assert_eq!(seen.received("host"), [backend.addr.to_string().as_str()]);
+    assert_eq!(seen.received("x-app"), ["kept"]);
+    // The client's chain, then the client itself.
+    assert_eq!(seen.received("x-forwarded-for"), ["203.0.113.7, 127.0.0.1"]);
+    assert_eq!(seen.received("x-forwarded-proto"), ["http"]);
+    assert_eq!(seen.received("x-forwarded-host"), [gateway_host.as_str()]);
+    assert_eq!(
+        seen.received("forwarded"),
+        [format!("for=127.0.0.1;proto=http;host=\"{gateway_host}\"").as_str()]
+    );
+    for hop in ["x-client-hop", "keep-alive", "proxy-connection", "te"] {
+        assert!(seen.received(hop).is_empty(), "{hop} reached the backend");
+    }
+    // The gateway keeps its own connection to the backend alive, whatever
+    // the client asked of its own.
+    for value in seen.received("connection") {
+        assert!(!value.contains("x-client-hop"), "connection: {value}");
+    }
+
+    // The backend's hop-by-hop headers stop at the gateway too.
+    for hop in ["x-backend-hop", "keep-alive"] {
+        assert!(
+            !seen.response_headers.contains_key(hop),
+            "{hop} reached the client"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preserve_host_keeps_the_clients_host() {
+    let backend = echo_backend("echo").await;
+    let gateway = Gateway::start(&[&backend], &["--preserve-host"]).await;
+    let request = Request::builder()
+        .uri(format!("http://{}/", gateway.addr))
+        .header("host", "shop.example")
+        .body(Full::default())
+        .unwrap();
+    let seen = send(&gateway, request).await;
+    assert_eq!(seen.received("host"), ["shop.example"]);
+    assert_eq!(seen.received("x-forwarded-host"), ["shop.example"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_pass_intact_both_ways() {
+    let backend = echo_backend("echo").await;
+    let gateway = Gateway::start(&[&backend], &[]).await;
+    // 3 MiB of a pattern that shows any reordering or loss.
+    let body: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+        .collect();
+    let request = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("http://{}/upload", gateway.addr))
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    let seen = send(&gateway, request).await;
+    assert_eq!(seen.method, "PUT");
+    assert_eq!(
+        seen.received("content-length"),
+        [body.len().to_string().as_str()]
+    );
+    assert_eq!(seen.body.len(), body.len());
+    assert!(seen.body == body, "the body came back changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_unknown_length_streams_through() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    let backend = echo_backend("echo").await;
+    let gateway = Gateway::start(&[&backend], &[]).await;
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+
+    // 64 chunks, sent as the connection takes them: no length up front.
+    let (chunks, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    let mut expected = Vec::new();
+    let producer = tokio::spawn(async move {
+        for i in 0..64u32 {
+            let chunk = Bytes::from(format!("chunk {i:02}: {}\n", "x".repeat(i as usize * 100)));
+            if chunks.send(Ok(Frame::data(chunk))).await.is_err() {
+                break;
+            }
+        }
+    });
+    for i in 0..64u32 {
+        expected.extend_from_slice(
+            format!("chunk {i:02}: {}\n", "x".repeat(i as usize * 100)).as_bytes(),
+        );
+    }
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/stream")
+        .header("host", gateway.addr.to_string())
+        .body(body)
+        .unwrap();
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("request timed out")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let received: Value =
+        serde_json::from_str(response.headers()["x-received"].to_str().unwrap()).unwrap();
+    let headers = received["headers"].as_array().unwrap();
+    let has = |name: &str| headers.iter().any(|pair| pair[0] == name);
+    assert!(!has("content-length"), "{received}");
+    assert!(has("transfer-encoding"), "{received}");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    producer.await.unwrap();
+    assert!(body == expected, "the streamed body came back changed");
+}
