@@ -86,6 +86,11 @@ pub struct Args {
     /// Forward the client's Host header instead of the backend's.
     #[arg(long)]
     pub preserve_host: bool,
+
+    /// Worker threads serving clients, each with its own event loop and
+    /// upstream connections. Default: one per CPU.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<std::num::NonZeroUsize>,
 }
 
 /// The failover policy.

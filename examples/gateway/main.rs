@@ -24,11 +24,11 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tower::{Layer, ServiceExt};
 use tower_sticky::sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
 use tower_sticky::sticky_core::{BackendSpec, FailoverPolicy, PoolConfig};
-use tower_sticky::{Affinity, Backends, ClientIp, Error, StickyLayer};
+use tower_sticky::{Affinity, Backends, ClientIp, Error, Sticky, StickyLayer};
 
 use cli::{fail, Args, Failover};
 use proxy::{ProxyOptions, Upstream};
@@ -36,8 +36,7 @@ use proxy::{ProxyOptions, Upstream};
 /// How long shutdown waits for requests under way.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[tokio::main]
-async fn main() {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -45,7 +44,28 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let workers = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n.get(),
+    );
+    // The main thread accepts connections, runs the admin API (and the
+    // demo backends); the workers serve the clients.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|error| {
+            eprintln!("error: cannot start the runtime: {error}");
+            std::process::exit(1);
+        });
+    let workers = runtime.block_on(run(args, workers));
+    for worker in workers {
+        let _ = worker.join();
+    }
+}
 
+/// Serves until SIGINT or SIGTERM and the end of the requests under way;
+/// returns the worker threads, to be joined.
+async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     let backends_given: Vec<(String, String)> = if args.backends.is_empty() {
         let mut started = Vec::new();
         for name in ["b1", "b2", "b3"] {
@@ -66,6 +86,7 @@ async fn main() {
 
     let options = ProxyOptions {
         preserve_host: args.preserve_host,
+        workers,
     };
     let mut members = Vec::new();
     for (name, url) in &backends_given {
@@ -135,9 +156,16 @@ async fn main() {
             .await;
     });
 
-    let server = auto::Builder::new(TokioExecutor::new());
+    let mut queues = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let (queue, accepted) = tokio::sync::mpsc::unbounded_channel();
+        queues.push(queue);
+        threads.push(worker(index, sticky.clone(), accepted));
+    }
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut next = 0;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -149,19 +177,19 @@ async fn main() {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let sticky = sticky.clone();
-                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                    request.extensions_mut().insert(peer);
-                    let call = sticky.clone().oneshot(request);
-                    async move { Ok::<_, Infallible>(call.await.unwrap_or_else(error_response)) }
-                });
-                let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection.into_owned());
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "client connection ended");
+                // Off this thread's reactor, onto the worker's.
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "accepted connection lost");
+                        continue;
                     }
-                });
+                };
+                let connection = Accepted { stream, peer, watcher: graceful.watcher() };
+                if queues[next].send(connection).is_err() {
+                    tracing::error!(worker = next, "worker thread has stopped");
+                }
+                next = (next + 1) % queues.len();
             }
             () = &mut shutdown => break,
         }
@@ -172,8 +200,85 @@ async fn main() {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => eprintln!("gave up waiting after {DRAIN_TIMEOUT:?}"),
     }
+    // Closing the queues stops the workers.
+    drop(queues);
     let _ = stop_admin.send(());
     let _ = admin.await;
+    threads
+}
+
+/// A client connection accepted on the main thread, for a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    watcher: Watcher,
+}
+
+/// Starts worker thread `index`: a single-threaded runtime serving the
+/// connections it is handed until its queue closes. Everything a request
+/// touches (its client connection, its upstream connection) stays on the
+/// worker, as in an event-loop proxy: no task hops between threads.
+fn worker(
+    index: usize,
+    sticky: Sticky<Upstream>,
+    mut accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+) -> std::thread::JoinHandle<()> {
+    let spawned =
+        std::thread::Builder::new()
+            .name(format!("gateway-worker-{index}"))
+            .spawn(move || {
+                proxy::enter_worker(index);
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        tracing::error!(%error, worker = index, "cannot start a worker runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let mut server = auto::Builder::new(TokioExecutor::new());
+                    server.http1().writev(false);
+                    while let Some(Accepted {
+                        stream,
+                        peer,
+                        watcher,
+                    }) = accepted.recv().await
+                    {
+                        let stream = match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => stream,
+                            Err(error) => {
+                                tracing::warn!(%error, "accepted connection lost");
+                                continue;
+                            }
+                        };
+                        let sticky = sticky.clone();
+                        let service =
+                            hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                                request.extensions_mut().insert(peer);
+                                let call = sticky.clone().oneshot(request);
+                                async move {
+                                    Ok::<_, Infallible>(call.await.unwrap_or_else(error_response))
+                                }
+                            });
+                        let connection = server
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        let connection = watcher.watch(connection);
+                        tokio::spawn(async move {
+                            if let Err(error) = connection.await {
+                                tracing::debug!(%error, "client connection ended");
+                            }
+                        });
+                    }
+                });
+            });
+    spawned.unwrap_or_else(|error| {
+        eprintln!("error: cannot start worker thread {index}: {error}");
+        std::process::exit(1);
+    })
 }
 
 /// 503 for a session that may not move (strict mode) or no backend at

@@ -1,13 +1,16 @@
 //! One backend of the gateway: an HTTP/1.1 client to one upstream server.
 //!
-//! Connections are kept in a small idle pool. A request is handed back
+//! Connections are kept in small idle pools, one per worker thread: a
+//! connection's task runs on the thread that opened it, so a request takes
+//! only connections of its own thread and never wakes another. A request
+//! is handed back
 //! unsent ([`Unsent`]) when no connection could be made, or when a pooled
 //! connection turned out closed before the request was written: the layer
 //! then retries it on the next candidate, whatever the method, because
 //! nothing reached any backend.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -18,7 +21,7 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tower::Service;
@@ -60,6 +63,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct ProxyOptions {
     /// Keep the client's `Host` header instead of the backend's.
     pub preserve_host: bool,
+    /// Worker threads serving clients: each gets its own idle pool.
+    pub workers: usize,
+}
+
+thread_local! {
+    /// This thread's idle pool: 1 + its worker index, 0 off the workers.
+    static POOL_SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `index` (from 0), for its own idle
+/// pool in every upstream.
+pub fn enter_worker(index: usize) {
+    POOL_SHARD.with(|shard| shard.set(index + 1));
 }
 
 /// A short response of the gateway's own.
@@ -88,7 +104,8 @@ struct Inner {
     authority: Authority,
     host: HeaderValue,
     options: ProxyOptions,
-    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    /// Idle connections: one pool off the workers, then one per worker.
+    idle: Box<[Mutex<Vec<SendRequest<Incoming>>>]>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -133,7 +150,7 @@ impl Upstream {
                 authority,
                 host,
                 options: options.clone(),
-                idle: Mutex::new(Vec::new()),
+                idle: (0..=options.workers).map(|_| Mutex::default()).collect(),
             }),
         })
     }
@@ -143,27 +160,41 @@ impl Upstream {
         &self.inner.url
     }
 
+    /// A pooled connection ready for a request. Connections still busy
+    /// (their last response's end not yet seen by hyper) stay pooled;
+    /// closed ones are dropped.
+    /// This thread's idle pool.
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<Incoming>>> {
+        let pools = &self.inner.idle;
+        let shard = POOL_SHARD.with(|shard| shard.get()) % pools.len();
+        pools[shard].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn take_idle(&self) -> Option<SendRequest<Incoming>> {
-        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(sender) = idle.pop() {
-            if sender.is_ready() {
-                return Some(sender);
+        let mut idle = self.idle();
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].is_ready() {
+                return Some(idle.swap_remove(i));
+            }
+            if idle[i].is_closed() {
+                idle.swap_remove(i);
             }
         }
         None
     }
 
-    /// Returns a connection to the pool once its response is read.
-    fn recycle(&self, mut sender: SendRequest<Incoming>) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut idle = this.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < IDLE_PER_BACKEND {
-                    idle.push(sender);
-                }
-            }
-        });
+    /// Puts a connection whose response was read to the end back in the
+    /// pool, unless the pool is full or the connection closed.
+    fn give_back(&self, sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle();
+        if idle.len() < IDLE_PER_BACKEND {
+            idle.push(sender);
+        }
     }
 
     async fn connect(&self, upgrades: bool) -> Result<SendRequest<Incoming>, BoxError> {
@@ -172,8 +203,10 @@ impl Upstream {
             .await
             .map_err(|_| format!("connect to {address}: timed out"))??;
         stream.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
+            .await?;
         tokio::spawn(async move {
             let result = if upgrades {
                 connection.with_upgrades().await
@@ -198,10 +231,7 @@ impl Upstream {
         if !upgrade {
             while let Some(mut sender) = self.take_idle() {
                 match sender.try_send_request(request).await {
-                    Ok(response) => {
-                        self.recycle(sender);
-                        return Ok(finish(response));
-                    }
+                    Ok(response) => return Ok(self.finish(response, sender)),
                     Err(mut error) => match error.take_message() {
                         Some(unsent) => request = unsent,
                         None => return Err(ProxyError::new(error.into_error())),
@@ -242,10 +272,24 @@ impl Upstream {
                     body.map_err(Into::into).boxed(),
                 ));
             }
-        } else {
-            self.recycle(sender);
         }
-        Ok(finish(response))
+        Ok(self.finish(response, sender))
+    }
+
+    /// The client's response: hop-by-hop headers removed, and a body that
+    /// returns `sender`'s connection to the pool once read to the end.
+    fn finish(
+        &self,
+        response: Response<Incoming>,
+        sender: SendRequest<Incoming>,
+    ) -> Response<Body> {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        let body = Leased {
+            body,
+            lease: Some((self.clone(), sender)),
+        };
+        Response::from_parts(parts, body.boxed())
     }
 }
 
@@ -273,11 +317,17 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -288,26 +338,79 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 /// An upgrade keeps `Connection: upgrade` and `Upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        // `Connection: upgrade` names the Upgrade header itself, which an
-        // upgrade must carry to the backend.
-        if keep_upgrade && name == header::UPGRADE {
-            continue;
+    // One pass over the names finds the few present (often none): cheaper
+    // than a lookup of each.
+    let mut found = [false; HOP_BY_HOP.len()];
+    let mut upgrade = false;
+    for name in headers.keys() {
+        match HOP_BY_HOP.iter().position(|hop| hop == name) {
+            Some(i) => found[i] = true,
+            None => upgrade |= name == header::UPGRADE,
         }
+    }
+    if found[0] {
+        // Further names the Connection header lists; its usual tokens name
+        // no header to remove, or one removed below anyway.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && !["keep-alive", "close", "upgrade"]
+                        .iter()
+                        .any(|usual| t.eq_ignore_ascii_case(usual))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in &named {
+            // `Connection: upgrade` names the Upgrade header itself, which
+            // an upgrade must carry to the backend.
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, found)| *found) {
         headers.remove(name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// Appends `ip` in its textual form. Written out by hand for IPv4: the
+/// formatter's padding support costs more than the whole header.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// A header value from bytes built for it, without another copy.
+fn header_value(bytes: Vec<u8>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
 }
 
 fn prepare(request: &mut Request<Incoming>, upstream: &Inner) {
@@ -319,54 +422,118 @@ fn prepare(request: &mut Request<Incoming>, upstream: &Inner) {
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    *request.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    // The backend gets the origin form (path and query) even from a client
+    // that sent the absolute form.
+    if request.uri().scheme().is_some() || request.uri().authority().is_some() {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *request.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    }
     *request.version_mut() = Version::HTTP_11;
 
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     if let Some(ip) = client {
-        let prior = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let chain = if prior.is_empty() {
-            ip.to_string()
+        let mut chain = Vec::with_capacity(48);
+        for prior in headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(prior) = prior.to_str() {
+                if !prior.is_empty() {
+                    chain.extend_from_slice(prior.as_bytes());
+                    chain.extend_from_slice(b", ");
+                }
+            }
+        }
+        push_ip(&mut chain, ip);
+        if let Some(value) = header_value(chain) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+
+        let mut element = Vec::with_capacity(64);
+        element.extend_from_slice(b"for=");
+        if ip.is_ipv6() {
+            element.extend_from_slice(b"\"[");
+            push_ip(&mut element, ip);
+            element.extend_from_slice(b"]\"");
         } else {
-            format!("{prior}, {ip}")
-        };
-        if let Ok(value) = HeaderValue::from_str(&chain) {
-            headers.insert("x-forwarded-for", value);
+            push_ip(&mut element, ip);
         }
-        let node = match ip {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
-        let mut element = format!("for={node};proto=http");
-        if let Some(host) = original_host.as_ref().and_then(|h| h.to_str().ok()) {
-            element.push_str(&format!(";host=\"{host}\""));
+        element.extend_from_slice(b";proto=http");
+        // Only a host that needs no escaping inside the quoted string.
+        if let Some(host) = original_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.contains(['"', '\\']))
+        {
+            element.extend_from_slice(b";host=\"");
+            element.extend_from_slice(host.as_bytes());
+            element.push(b'"');
         }
-        if let Ok(value) = HeaderValue::from_str(&element) {
+        if let Some(value) = header_value(element) {
             headers.append(header::FORWARDED, value);
         }
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(host) = &original_host {
-        headers.insert("x-forwarded-host", host.clone());
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
     if !upstream.options.preserve_host || original_host.is_none() {
         headers.insert(header::HOST, upstream.host.clone());
     }
 }
 
-fn finish(response: Response<Incoming>) -> Response<Body> {
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, body.map_err(Into::into).boxed())
+/// A response body holding its upstream connection: at the body's end the
+/// connection goes back to the pool; a body dropped before its end takes
+/// the connection with it (hyper closes it), as its unread rest could not
+/// be told apart from the next response.
+struct Leased {
+    body: Incoming,
+    lease: Option<(Upstream, SendRequest<Incoming>)>,
+}
+
+impl Leased {
+    fn release(&mut self) {
+        if let Some((upstream, sender)) = self.lease.take() {
+            upstream.give_back(sender);
+        }
+    }
+}
+
+impl hyper::body::Body for Leased {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.release(),
+            Some(Ok(_)) if self.body.is_end_stream() => self.release(),
+            Some(Ok(_)) => {}
+            Some(Err(_)) => self.lease = None,
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Leased {
+    fn drop(&mut self) {
+        // An empty body (HEAD, 204, 304, Content-Length: 0) may be dropped
+        // unpolled; its connection is free all the same.
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
 }
