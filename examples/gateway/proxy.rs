@@ -343,10 +343,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let mut found = [false; HOP_BY_HOP.len()];
     let mut upgrade = false;
     for name in headers.keys() {
-        match HOP_BY_HOP.iter().position(|hop| hop == name) {
-            Some(i) => found[i] = true,
-            None => upgrade |= name == header::UPGRADE,
-        }
+        // The index into HOP_BY_HOP.
+        let hop = match name.as_str() {
+            "connection" => 0,
+            "keep-alive" => 1,
+            "proxy-connection" => 2,
+            "proxy-authenticate" => 3,
+            "proxy-authorization" => 4,
+            "te" => 5,
+            "trailer" => 6,
+            "transfer-encoding" => 7,
+            "upgrade" => {
+                upgrade = true;
+                continue;
+            }
+            _ => continue,
+        };
+        found[hop] = true;
     }
     if found[0] {
         // Further names the Connection header lists; its usual tokens name
@@ -534,6 +547,37 @@ impl Drop for Leased {
         // unpolled; its connection is free all the same.
         if self.body.is_end_stream() {
             self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_hop_by_hop_header_is_removed_and_nothing_else() {
+        for keep_upgrade in [false, true] {
+            let mut headers = HeaderMap::new();
+            for name in &HOP_BY_HOP {
+                headers.insert(name.clone(), HeaderValue::from_static("x"));
+            }
+            headers.insert(
+                header::CONNECTION,
+                HeaderValue::from_static("close, X-Named"),
+            );
+            headers.insert("x-named", HeaderValue::from_static("named by Connection"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert("x-kept", HeaderValue::from_static("end to end"));
+            strip_hop_by_hop(&mut headers, keep_upgrade);
+            let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+            left.sort_unstable();
+            let expected = if keep_upgrade {
+                vec!["connection", "upgrade", "x-kept"]
+            } else {
+                vec!["x-kept"]
+            };
+            assert_eq!(left, expected, "keep_upgrade: {keep_upgrade}");
         }
     }
 }
