@@ -2,7 +2,10 @@
 # Compares the gateway example (examples/gateway) with HAProxy (cookie
 # insert) and nginx (`hash $cookie_sticky consistent`) in one run: the same
 # three loopback backends, the same load generator (wrk), one proxy running
-# at a time. Prints a Markdown report on standard output.
+# at a time. Each proxy does the same work per request: besides picking
+# the backend, it adds the four forwarding headers the gateway adds
+# (X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, Forwarded).
+# Prints a Markdown report on standard output.
 #
 #   scripts/bench-gateway.sh              # from anywhere in the repository
 #
@@ -19,9 +22,9 @@
 #                     RETRIES more times; the least disturbed run counts
 #   KEEP_TMP=1        keep the temporary directory (configs, logs, wrk
 #                     output) instead of removing it
-#   PROXY_THREADS=$(nproc)  threads for each proxy: the gateway's tokio
-#                     workers (TOKIO_WORKER_THREADS), HAProxy's nbthread,
-#                     nginx's worker_processes
+#   PROXY_THREADS=$(nproc)  threads for each proxy: the gateway's
+#                     --threads, HAProxy's nbthread, nginx's
+#                     worker_processes
 #
 # Needs root for apt-get when haproxy, nginx, wrk or curl are missing.
 # Everything listens on 127.0.0.1 only; every process started here is
@@ -229,6 +232,10 @@ frontend bench
 backend backends
     balance roundrobin
     cookie SERVERID insert indirect nocache
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request add-header Forwarded "for=%[src];proto=http;host=\\"%[req.hdr(host)]\\""
     server b1 127.0.0.1:${BACKEND_PORTS[0]} cookie b1
     server b2 127.0.0.1:${BACKEND_PORTS[1]} cookie b2
     server b3 127.0.0.1:${BACKEND_PORTS[2]} cookie b3
@@ -257,6 +264,10 @@ mkdir -p "$NGINX_DIR"
             proxy_pass http://backends;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header Forwarded "for=\$remote_addr;proto=\$scheme;host=\\"\$http_host\\"";
         }
     }
 }
@@ -268,14 +279,14 @@ nginx -t -q -p "$NGINX_DIR" -e "$NGINX_DIR/logs/error.log" \
 GATEWAY_DIR="$TMP/gateway"
 mkdir -p "$GATEWAY_DIR"
 GATEWAY_ARGS=(--listen "127.0.0.1:$GATEWAY_PORT"
-    --admin-listen "127.0.0.1:$GATEWAY_ADMIN_PORT")
+    --admin-listen "127.0.0.1:$GATEWAY_ADMIN_PORT" --threads "$PROXY_THREADS")
 for i in 1 2 3; do
     GATEWAY_ARGS+=(--backend "b$i=http://127.0.0.1:${BACKEND_PORTS[i - 1]}")
 done
 
 # Display form of each proxy's start command, for the report.
 declare -A START_CMD=(
-    [gateway]="STICKY_SECRET=<fixed 37-byte test secret> RUST_LOG=warn TOKIO_WORKER_THREADS=$PROXY_THREADS target/release/examples/gateway ${GATEWAY_ARGS[*]}"
+    [gateway]="STICKY_SECRET=<fixed 37-byte test secret> RUST_LOG=warn target/release/examples/gateway ${GATEWAY_ARGS[*]}"
     [haproxy]="haproxy -db -f \$TMP/haproxy/haproxy.cfg"
     [nginx]="nginx -p \$TMP/nginx -e \$TMP/nginx/logs/error.log -c \$TMP/nginx/nginx.conf"
 )
@@ -288,7 +299,6 @@ start_proxy() {
         PROXY_PORT=$GATEWAY_PORT
         PROXY_LOG="$GATEWAY_DIR/stderr"
         STICKY_SECRET=$GATEWAY_SECRET RUST_LOG=warn \
-            TOKIO_WORKER_THREADS=$PROXY_THREADS \
             "$GATEWAY_BIN" "${GATEWAY_ARGS[@]}" \
             >"$GATEWAY_DIR/stdout" 2>"$PROXY_LOG" &
         ;;
@@ -635,7 +645,7 @@ echo "- $haproxy_version"
 echo "- $nginx_version"
 echo "- $wrk_version"
 echo "- $rustc_version; gateway commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (work tree has changes)')"
-echo "- proxy threads: $PROXY_THREADS each (gateway: TOKIO_WORKER_THREADS=$PROXY_THREADS; HAProxy: nbthread $PROXY_THREADS; nginx: worker_processes $PROXY_THREADS); backends: one nginx, worker_processes 1, three server blocks answering b1/b2/b3; wrk, backends and proxy share the same $(nproc) CPUs"
+echo "- proxy threads: $PROXY_THREADS each (gateway: --threads $PROXY_THREADS; HAProxy: nbthread $PROXY_THREADS; nginx: worker_processes $PROXY_THREADS); backends: one nginx, worker_processes 1, three server blocks answering b1/b2/b3; wrk, backends and proxy share the same $(nproc) CPUs"
 echo "- load average (1, 5, 15 min) before the runs: $LOAD_BEFORE; after: $(cut -d ' ' -f 1-3 /proc/loadavg) (the after figure includes the benchmark's own load)"
 echo "- load: wrk -t $WRK_THREADS -c $WRK_CONNECTIONS; per proxy and traffic kind a ${WARMUP} s warm-up (discarded) then ${DURATION} s measured; one proxy running at a time; $ROUNDS round(s), the proxies' order rotated each round"
 echo
