@@ -1,12 +1,12 @@
 //! The response future of [`Sticky`](crate::Sticky).
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use cookie::{Cookie, SameSite};
 use http::header::{HeaderValue, CACHE_CONTROL, SET_COOKIE};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -17,7 +17,7 @@ use crate::affinity::KeySource;
 use crate::backends::Table;
 use crate::error::{BoxError, Error, Unsent};
 use crate::layer::Config;
-use crate::service::Placement;
+use crate::service::{Cookies, Placement};
 
 pin_project! {
     /// Response future of [`Sticky`](crate::Sticky): drives the chosen
@@ -50,7 +50,7 @@ struct Ctx<S> {
     decision: Decision,
     source: KeySource,
     config: Arc<Config>,
-    names: Arc<[String]>,
+    cookies: Arc<Cookies>,
     issue_tokens: bool,
     now: Duration,
     in_flight: Option<InFlight>,
@@ -68,7 +68,7 @@ where
         source: KeySource,
         request: Request<ReqBody>,
         config: Arc<Config>,
-        names: Arc<[String]>,
+        cookies: Arc<Cookies>,
         issue_tokens: bool,
         now: Duration,
     ) -> Self {
@@ -92,7 +92,7 @@ where
                 decision,
                 source,
                 config,
-                names,
+                cookies,
                 issue_tokens,
                 now,
                 in_flight,
@@ -215,26 +215,17 @@ impl<S> Ctx<S> {
         }
         let codec = &self.table.snapshot.config().tokens;
         let max_age = codec.max_age(self.now, self.now);
-        for (i, name) in self.names.iter().enumerate() {
-            let twin = i > 0;
-            let attributes = &config.cookie;
-            let mut cookie = Cookie::build((name.as_str(), token))
-                .path(attributes.path.as_str())
-                .http_only(attributes.http_only)
-                .secure(attributes.secure || twin)
-                .same_site(if twin {
-                    SameSite::None
-                } else {
-                    attributes.same_site
-                })
-                .partitioned(attributes.partitioned);
-            if let Some(domain) = &attributes.domain {
-                cookie = cookie.domain(domain.as_str());
-            }
+        let cookies = &*self.cookies;
+        for (name, attributes) in cookies.names.iter().zip(&cookies.attributes) {
+            let mut value = String::with_capacity(name.len() + token.len() + attributes.len() + 24);
+            value.push_str(name);
+            value.push('=');
+            value.push_str(token);
+            value.push_str(attributes);
             if let Some(age) = max_age {
-                cookie = cookie.max_age(cookie::time::Duration::seconds(age.as_secs() as i64));
+                let _ = write!(value, "; Max-Age={}", age.as_secs());
             }
-            if let Ok(value) = HeaderValue::from_str(&cookie.build().to_string()) {
+            if let Ok(value) = HeaderValue::try_from(value) {
                 headers.append(SET_COOKIE, value);
             }
         }

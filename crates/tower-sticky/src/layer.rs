@@ -45,6 +45,26 @@ impl Default for CookieAttributes {
     }
 }
 
+impl CookieAttributes {
+    /// The attributes as `Set-Cookie` writes them after `name=value`
+    /// (`; Path=/; HttpOnly; SameSite=Lax`), rendered by the cookie crate;
+    /// a CORS `twin` is `Secure` and `SameSite=None`. `Max-Age` varies per
+    /// token and is not included.
+    pub(crate) fn rendered(&self, twin: bool) -> String {
+        let mut cookie = cookie::Cookie::build(("n", "v"))
+            .path(self.path.as_str())
+            .http_only(self.http_only)
+            .secure(self.secure || twin)
+            .same_site(if twin { SameSite::None } else { self.same_site })
+            .partitioned(self.partitioned);
+        if let Some(domain) = &self.domain {
+            cookie = cookie.domain(domain.as_str());
+        }
+        let text = cookie.build().to_string();
+        text.strip_prefix("n=v").unwrap_or_default().to_owned()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) chain: Vec<Affinity>,

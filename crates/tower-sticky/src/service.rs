@@ -89,8 +89,8 @@ pub struct Placement {
 pub struct Sticky<S> {
     backends: Backends<S>,
     config: Arc<Config>,
-    /// The cookie names to read: the LB cookie, then its CORS twin.
-    names: Arc<[String]>,
+    /// The LB cookie, then its CORS twin.
+    cookies: Arc<Cookies>,
     issue_tokens: bool,
 }
 
@@ -99,7 +99,7 @@ impl<S> Clone for Sticky<S> {
         Self {
             backends: self.backends.clone(),
             config: Arc::clone(&self.config),
-            names: Arc::clone(&self.names),
+            cookies: Arc::clone(&self.cookies),
             issue_tokens: self.issue_tokens,
         }
     }
@@ -131,11 +131,14 @@ impl<S> Sticky<S> {
         if config.cookie.cors_twin {
             names.push(format!("{name}CORS"));
         }
+        let attributes = (0..names.len())
+            .map(|i| config.cookie.rendered(i > 0))
+            .collect();
         let issue_tokens = config.chain.contains(&Affinity::Cookie);
         Self {
             backends,
             config,
-            names: names.into(),
+            cookies: Arc::new(Cookies { names, attributes }),
             issue_tokens,
         }
     }
@@ -185,7 +188,7 @@ where
             let found = affinity::find(
                 &parts,
                 &config.chain,
-                &self.names,
+                &self.cookies.names,
                 config.token_header.as_ref(),
                 &config.client_ip,
                 &config.limits,
@@ -202,7 +205,7 @@ where
             )
         };
         if config.strip_cookie {
-            strip_cookies(&mut parts.headers, &self.names);
+            strip_cookies(&mut parts.headers, &self.cookies.names);
         }
         ResponseFuture::new(
             table,
@@ -210,7 +213,7 @@ where
             source,
             Request::from_parts(parts, body),
             Arc::clone(&self.config),
-            Arc::clone(&self.names),
+            Arc::clone(&self.cookies),
             self.issue_tokens,
             now,
         )
@@ -219,6 +222,15 @@ where
 
 /// Removes the named cookies from every `Cookie` header, dropping headers
 /// left empty.
+/// The cookies the layer reads and sets: the LB cookie, then its CORS
+/// twin.
+pub(crate) struct Cookies {
+    pub(crate) names: Vec<String>,
+    /// Each cookie's attributes as they follow `name=value` in
+    /// `Set-Cookie` (`; Path=/; HttpOnly; ...`), rendered once.
+    pub(crate) attributes: Vec<String>,
+}
+
 fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
     if !headers.contains_key(COOKIE) {
         return;
