@@ -226,64 +226,62 @@ struct Accepted {
 fn worker(
     index: usize,
     sticky: Sticky<Upstream>,
-    mut accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+    accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
 ) -> std::thread::JoinHandle<()> {
-    let spawned =
-        std::thread::Builder::new()
-            .name(format!("gateway-worker-{index}"))
-            .spawn(move || {
-                proxy::enter_worker(index);
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        tracing::error!(%error, worker = index, "cannot start a worker runtime");
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let mut server = auto::Builder::new(TokioExecutor::new());
-                    server.http1().writev(false);
-                    while let Some(Accepted {
-                        stream,
-                        peer,
-                        watcher,
-                    }) = accepted.recv().await
-                    {
-                        let stream = match tokio::net::TcpStream::from_std(stream) {
-                            Ok(stream) => stream,
-                            Err(error) => {
-                                tracing::warn!(%error, "accepted connection lost");
-                                continue;
-                            }
-                        };
-                        let sticky = sticky.clone();
-                        let service =
-                            hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                                request.extensions_mut().insert(peer);
-                                let call = sticky.clone().oneshot(request);
-                                async move {
-                                    Ok::<_, Infallible>(call.await.unwrap_or_else(error_response))
-                                }
-                            });
-                        let connection = server
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .into_owned();
-                        let connection = watcher.watch(connection);
-                        tokio::spawn(async move {
-                            if let Err(error) = connection.await {
-                                tracing::debug!(%error, "client connection ended");
-                            }
-                        });
-                    }
-                });
-            });
+    let spawned = std::thread::Builder::new()
+        .name(format!("gateway-worker-{index}"))
+        .spawn(move || {
+            proxy::enter_worker(index);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(runtime) => runtime.block_on(serve(sticky, accepted)),
+                Err(error) => tracing::error!(%error, worker = index, "cannot start a worker"),
+            }
+        });
     spawned.unwrap_or_else(|error| {
         eprintln!("error: cannot start worker thread {index}: {error}");
         std::process::exit(1);
     })
+}
+
+/// A worker's loop: serves each connection it is handed, on this thread.
+async fn serve(
+    sticky: Sticky<Upstream>,
+    mut accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+) {
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server.http1().writev(false);
+    while let Some(Accepted {
+        stream,
+        peer,
+        watcher,
+    }) = accepted.recv().await
+    {
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accepted connection lost");
+                continue;
+            }
+        };
+        let sticky = sticky.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(peer);
+            let call = sticky.clone().oneshot(request);
+            async move { Ok::<_, Infallible>(call.await.unwrap_or_else(error_response)) }
+        });
+        let connection = server
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = watcher.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "client connection ended");
+            }
+        });
+    }
 }
 
 /// 503 for a session that may not move (strict mode) or no backend at
