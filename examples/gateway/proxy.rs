@@ -2,12 +2,13 @@
 //!
 //! Connections are kept in small idle pools, one per worker thread: a
 //! connection's task runs on the thread that opened it, so a request takes
-//! only connections of its own thread and never wakes another. A request
-//! is handed back
-//! unsent ([`Unsent`]) when no connection could be made, or when a pooled
-//! connection turned out closed before the request was written: the layer
-//! then retries it on the next candidate, whatever the method, because
-//! nothing reached any backend.
+//! only connections of its own thread and never wakes another. A response
+//! body returns its connection to the pool when it ends.
+//!
+//! A request is handed back unsent ([`Unsent`]) when no connection could
+//! be made, or when a pooled connection turned out closed before the
+//! request was written: the layer then retries it on the next candidate,
+//! whatever the method, because nothing reached any backend.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -160,9 +161,6 @@ impl Upstream {
         &self.inner.url
     }
 
-    /// A pooled connection ready for a request. Connections still busy
-    /// (their last response's end not yet seen by hyper) stay pooled;
-    /// closed ones are dropped.
     /// This thread's idle pool.
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<Incoming>>> {
         let pools = &self.inner.idle;
@@ -170,6 +168,9 @@ impl Upstream {
         pools[shard].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A pooled connection ready for a request, the most recently used
+    /// first. Connections still busy (their last response's end not yet
+    /// seen by their task) stay pooled; closed ones are dropped.
     fn take_idle(&self) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle();
         let mut i = idle.len();
