@@ -190,11 +190,19 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
                         continue;
                     }
                 };
-                let connection = Accepted { stream, peer, watcher: graceful.watcher() };
-                if queues[next].send(connection).is_err() {
-                    tracing::error!(worker = next, "worker thread has stopped");
+                // The next worker in turn; past any that has stopped.
+                let mut connection = Accepted { stream, peer, watcher: graceful.watcher() };
+                for _ in 0..queues.len() {
+                    let queue = &queues[next];
+                    next = (next + 1) % queues.len();
+                    match queue.send(connection) {
+                        Ok(()) => break,
+                        Err(returned) => {
+                            tracing::error!("a worker thread has stopped");
+                            connection = returned.0;
+                        }
+                    }
                 }
-                next = (next + 1) % queues.len();
             }
             () = &mut shutdown => break,
         }
