@@ -16,9 +16,6 @@ use support::*;
 /// It also sends hop-by-hop headers of its own, which must not reach the
 /// client.
 async fn echo_backend(name: &str) -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (shutdown, stopped) = oneshot::channel::<()>();
     let app = axum::Router::new().fallback(|request: AxumRequest| async move {
         let (parts, body) = request.into_parts();
         let headers: Vec<(String, String)> = parts
@@ -40,19 +37,7 @@ async fn echo_backend(name: &str) -> Backend {
             .body(Body::from(body))
             .unwrap()
     });
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    Backend {
-        name: name.to_owned(),
-        addr,
-        shutdown: Some(shutdown),
-        task: Some(task),
-    }
+    Backend::serve(name, "127.0.0.1:0".parse().unwrap(), app).await
 }
 
 /// What the backend saw, and the response the client got.

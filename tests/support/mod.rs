@@ -53,10 +53,14 @@ impl Backend {
 
     /// Serves a fresh demo backend (empty memory) on `addr`.
     pub async fn start_at(name: &str, addr: SocketAddr) -> Backend {
+        Self::serve(name, addr, demo::router(name)).await
+    }
+
+    /// Serves `app` as backend `name` on `addr` (port 0: a free one).
+    pub async fn serve(name: &str, addr: SocketAddr, app: axum::Router) -> Backend {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let app = demo::router(name);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
