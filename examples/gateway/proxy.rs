@@ -223,7 +223,7 @@ impl Upstream {
 
     async fn forward(self, mut request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
         let upgrade = is_upgrade(request.headers());
-        prepare(&mut request, &self.inner);
+        prepare(&mut request, &self.inner, upgrade);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
         // A pooled connection may have closed; if so the request comes back
@@ -427,8 +427,9 @@ fn header_value(bytes: Vec<u8>) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
 }
 
-fn prepare(request: &mut Request<Incoming>, upstream: &Inner) {
-    let upgrade = is_upgrade(request.headers());
+/// Rewrites a client's request for the backend; `upgrade` is whether it
+/// asks for an HTTP/1.1 upgrade.
+fn prepare(request: &mut Request<Incoming>, upstream: &Inner, upgrade: bool) {
     let client = request.extensions().get::<SocketAddr>().map(|a| a.ip());
     let original_host = request.headers().get(header::HOST).cloned().or_else(|| {
         request
