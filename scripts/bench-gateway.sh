@@ -628,6 +628,26 @@ per_request() {
         if (n > 0) printf "%.1f µs", t / hz * 1e6 / n; else print "?"
     }'
 }
+# paired PROXY/KIND rps|p99|cpu: the median over rounds of the same-round
+# ratio to HAProxy, with its range ("1.02× (0.97×–1.08×)").
+paired() {
+    local key=$1 what=$2 kind=${1#*/} r a b
+    for ((r = 1; r <= ROUNDS; r++)); do
+        case $what in
+        rps) a=${RPS[$key/$r]} b=${RPS[haproxy/$kind/$r]} ;;
+        p99) a=${P99[$key/$r]} b=${P99[haproxy/$kind/$r]} ;;
+        cpu)
+            a=$(awk -v t="${PROXY_TICKS[$key/$r]}" -v n="${REQUESTS[$key/$r]}" 'BEGIN { print (n > 0 ? t / n : 0) }')
+            b=$(awk -v t="${PROXY_TICKS[haproxy/$kind/$r]}" -v n="${REQUESTS[haproxy/$kind/$r]}" 'BEGIN { print (n > 0 ? t / n : 0) }')
+            ;;
+        esac
+        awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.4f\n", a / b }'
+    done | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "—"; exit }
+        m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        printf "%.2f× (%.2f×–%.2f×)\n", m, v[1], v[NR]
+    }'
+}
 fmt_ms() { awk -v v="$1" 'BEGIN { printf "%.2fms", v }'; }
 fmt_rps() { awk -v v="$1" 'BEGIN { printf "%d", v + 0.5 }' | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 
@@ -657,6 +677,18 @@ for proxy in "${PROXIES[@]}"; do
     for kind in "${KINDS[@]}"; do
         key="$proxy/$kind"
         echo "| $proxy | $kind-session | $(fmt_rps "${MED_RPS[$key]}") | $(fmt_ms "${MED_P99[$key]}") | $(ratio "${MED_RPS[$key]}" "${MED_RPS[haproxy/$kind]}") | $(ratio "${MED_P99[$key]}" "${MED_P99[haproxy/$kind]}") |"
+    done
+done
+echo
+echo "Same-round ratios to HAProxy (each round's figure over HAProxy's in that round, which"
+echo "cancels the drift of a noisy machine between rounds): median, and the range over rounds."
+echo
+echo "| proxy | traffic | requests/s ratio | p99 ratio | proxy CPU per request ratio |"
+echo "|---|---|---|---|---|"
+for proxy in "${PROXIES[@]}"; do
+    [[ $proxy == haproxy ]] && continue
+    for kind in "${KINDS[@]}"; do
+        echo "| $proxy | $kind-session | $(paired "$proxy/$kind" rps) | $(paired "$proxy/$kind" p99) | $(paired "$proxy/$kind" cpu) |"
     done
 done
 echo
