@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{HeaderName, COOKIE, FORWARDED};
 use http::request::Parts;
 use http::HeaderMap;
+use sticky_core::Outcome;
 
 /// One place to find an affinity key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,7 +188,23 @@ pub(crate) struct Found<'a> {
     pub(crate) token: Option<&'a str>,
     pub(crate) route: Option<&'a str>,
     pub(crate) hash: Option<HashKey<'a>>,
-    pub(crate) source: Option<KeySource>,
+    /// Where the token came from (the cookie or the token header).
+    pub(crate) token_source: Option<KeySource>,
+    /// Where the route or hash key came from.
+    pub(crate) key_source: Option<KeySource>,
+}
+
+impl Found<'_> {
+    /// The source of the key that placed a request decided as `outcome`.
+    /// A token or route that did not check out placed nothing: the hash
+    /// key did, if there was one, and otherwise the weights did.
+    pub(crate) fn placed_by(&self, outcome: Outcome) -> KeySource {
+        let source = match outcome {
+            Outcome::Invalid | Outcome::Expired => self.hash.as_ref().and(self.key_source),
+            _ => self.token_source.or(self.key_source),
+        };
+        source.unwrap_or(KeySource::None)
+    }
 }
 
 #[derive(Debug)]
@@ -407,7 +424,7 @@ pub(crate) fn find<'a>(
                     };
                     if token.is_some() {
                         found.token = token;
-                        found.source = Some(source);
+                        found.token_source = Some(source);
                     }
                 }
                 continue;
@@ -439,15 +456,13 @@ pub(crate) fn find<'a>(
             }
         }
         if found.hash.is_some() || found.route.is_some() {
-            if found.source.is_none() {
-                found.source = Some(match source {
-                    Affinity::Header(_) => KeySource::Header,
-                    Affinity::AppCookie(_) => KeySource::AppCookie,
-                    Affinity::Route(_) => KeySource::Route,
-                    Affinity::Query(_) => KeySource::Query,
-                    _ => KeySource::ClientIp,
-                });
-            }
+            found.key_source = Some(match source {
+                Affinity::Header(_) => KeySource::Header,
+                Affinity::AppCookie(_) => KeySource::AppCookie,
+                Affinity::Route(_) => KeySource::Route,
+                Affinity::Query(_) => KeySource::Query,
+                _ => KeySource::ClientIp,
+            });
             break;
         }
     }

@@ -23,7 +23,9 @@ pub struct Placement {
     pub outcome: Outcome,
     /// The backend that answered.
     pub backend: BackendId,
-    /// The key source that placed it.
+    /// The source of the key that placed it. A token or route that did
+    /// not check out placed nothing: then it is the hash key's source, or
+    /// [`KeySource::None`] when the weights placed the request.
     pub source: KeySource,
 }
 
@@ -199,10 +201,9 @@ where
                 hash: found.hash.as_ref().map(|h| h.bytes()),
                 issue_token: self.issue_tokens,
             };
-            (
-                table.snapshot.decide(&keys, now),
-                found.source.unwrap_or(KeySource::None),
-            )
+            let decision = table.snapshot.decide(&keys, now);
+            let source = found.placed_by(decision.outcome);
+            (decision, source)
         };
         if config.strip_cookie {
             strip_cookies(&mut parts.headers, &self.cookies.names);

@@ -331,6 +331,52 @@ async fn strict_mode_answers_503_for_sessions_of_a_removed_backend() {
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// With a cookie chained before a header key, a cookie that does not
+/// check out places nothing: the header key does, and `Placement` says so.
+#[tokio::test]
+async fn a_bad_cookie_falls_back_to_the_next_key_and_placement_names_it() {
+    let service = header_service(vec![
+        Affinity::Cookie,
+        Affinity::Header(HeaderName::from_static("x-user")),
+    ]);
+    let request = |cookie: Option<&str>, user: &str| {
+        let mut r = Request::get("/").header("x-user", user);
+        if let Some(cookie) = cookie {
+            r = r.header(COOKIE, cookie);
+        }
+        r.body(String::new()).unwrap()
+    };
+    for i in 0..20 {
+        let user = format!("user-{i}");
+        let keyed = send(&service, request(None, &user)).await;
+        let placement = keyed.extensions().get::<Placement>().unwrap().clone();
+        assert_eq!(placement.source, tower_sticky::KeySource::Header);
+        let home = keyed.into_body();
+
+        let r = send(&service, request(Some("sticky=forged-value"), &user)).await;
+        let placement = r.extensions().get::<Placement>().unwrap().clone();
+        assert_eq!(placement.outcome, Outcome::Invalid);
+        assert_eq!(placement.source, tower_sticky::KeySource::Header, "{user}");
+        assert_eq!(r.into_body(), home, "{user}: placed by its header key");
+    }
+    // A genuine cookie wins over a header key that lives elsewhere, and is
+    // named as the source.
+    let (cookie, home) = session(&service).await;
+    let mut elsewhere = None;
+    for i in 0..100 {
+        let user = format!("other-{i}");
+        if send(&service, request(None, &user)).await.into_body() != home {
+            elsewhere = Some(user);
+            break;
+        }
+    }
+    let user = elsewhere.expect("some header key lives on another backend");
+    let r = send(&service, request(Some(&cookie), &user)).await;
+    let placement = r.extensions().get::<Placement>().unwrap().clone();
+    assert_eq!(placement.source, tower_sticky::KeySource::Cookie);
+    assert_eq!(r.into_body(), home);
+}
+
 fn header_service(chain: Vec<Affinity>) -> Sticky<Svc> {
     layer_service(
         StickyLayer::new().affinity(chain),
@@ -507,6 +553,11 @@ async fn route_suffixes_in_cookie_and_path_reach_their_backend() {
         r.extensions().get::<Outcome>(),
         Some(&Outcome::Invalid),
         "unknown routes are never routed to"
+    );
+    assert_eq!(
+        r.extensions().get::<Placement>().unwrap().source,
+        tower_sticky::KeySource::None,
+        "an unknown route placed nothing: the weights did"
     );
 }
 
