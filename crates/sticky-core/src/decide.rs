@@ -56,9 +56,12 @@ pub enum Outcome {
     Refreshed,
     /// No key: a new session, placed by weight.
     New,
-    /// A genuine token past its lifetime or idle timeout: a new session.
+    /// A genuine token past its lifetime or idle timeout: treated as no
+    /// token, like [`Invalid`](Outcome::Invalid).
     Expired,
     /// A forged, truncated, altered or unknown key: treated as no key.
+    /// The next key (a known route, else the hash key) or the weights
+    /// place the request, and a new token is issued.
     Invalid,
     /// The bound backend could not serve; the session moved.
     Failover(Reason),
@@ -100,9 +103,9 @@ impl fmt::Display for Outcome {
 /// The affinity keys found in one request.
 ///
 /// A valid token wins; otherwise a known route; otherwise the hash key; a
-/// request with none of them is a new session placed by weight. A token or
-/// route that does not check out counts as no key, and the hash key (if
-/// any) places the request instead.
+/// request with none of them is a new session placed by weight. A key that
+/// does not check out counts as no key: a bad token leaves the route and
+/// the hash key, an unknown route leaves the hash key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Keys<'a> {
     /// The load-balancer token (cookie value or affinity header).
@@ -147,6 +150,17 @@ impl<'a> Keys<'a> {
     }
 }
 
+/// Which of the request's [`Keys`] placed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// The token.
+    Token,
+    /// The route name.
+    Route,
+    /// The hash key (its owner, or the next of its candidates).
+    Hash,
+}
+
 /// The result of [`Snapshot::decide`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -154,10 +168,16 @@ pub struct Decision {
     pub backend: Option<usize>,
     /// How the request was placed.
     pub outcome: Outcome,
+    /// The key that placed the request; `None` when the weights did, or
+    /// nothing was placed.
+    pub key: Option<KeyKind>,
     /// A token to send to the client, when one is due.
     pub token: Option<String>,
     /// The stable hash of the hash key, kept for retries.
     hash: Option<u64>,
+    /// Whether the request went where its key binds it (strict mode does
+    /// not move such a request on a retry).
+    bound: bool,
 }
 
 impl Decision {
@@ -165,8 +185,10 @@ impl Decision {
         Decision {
             backend: None,
             outcome: Outcome::Rejected(reason),
+            key: None,
             token: None,
             hash: None,
+            bound: false,
         }
     }
 }
@@ -174,8 +196,20 @@ impl Decision {
 /// A bound session's origin, for deciding about tokens.
 enum Bound<'t> {
     Token(&'t OpenedToken),
-    Route,
+    /// A known route; with the outcome of a token that did not open, if
+    /// the request also carried one.
+    Route(Option<Outcome>),
     Hash(u64),
+}
+
+impl Bound<'_> {
+    fn kind(&self) -> KeyKind {
+        match self {
+            Bound::Token(_) => KeyKind::Token,
+            Bound::Route(_) => KeyKind::Route,
+            Bound::Hash(_) => KeyKind::Hash,
+        }
+    }
 }
 
 impl Snapshot {
@@ -185,24 +219,24 @@ impl Snapshot {
     /// Counts the decision in the chosen backend's counters.
     pub fn decide(&self, keys: &Keys<'_>, now: Duration) -> Decision {
         let hash = keys.hash.map(|k| stable_hash(self.config.hash_seed, k));
+        // The outcome of a key that did not check out: the next key places
+        // the request, if there is one, and the client gets a new token.
+        let mut spoiled = None;
         if let Some(text) = keys.token {
             match self.config.tokens.open(text, now) {
                 Ok(token) => return self.by_token(&token, keys, hash, now),
-                Err(e) => {
-                    let outcome = if e.is_expiry() {
-                        Outcome::Expired
-                    } else {
-                        Outcome::Invalid
-                    };
-                    return self.fresh(outcome, None, hash, keys, now, None);
-                }
+                Err(e) if e.is_expiry() => spoiled = Some(Outcome::Expired),
+                Err(_) => spoiled = Some(Outcome::Invalid),
             }
         }
         if let Some(route) = keys.route {
-            return match self.routes.get(route) {
-                Some(&m) => self.bound(m, Bound::Route, keys, hash, now),
-                None => self.fresh(Outcome::Invalid, None, hash, keys, now, None),
-            };
+            match self.routes.get(route) {
+                Some(&m) => return self.bound(m, Bound::Route(spoiled), keys, hash, now),
+                None => spoiled = spoiled.or(Some(Outcome::Invalid)),
+            }
+        }
+        if let Some(outcome) = spoiled {
+            return self.fresh(outcome, None, hash, keys, now, None);
         }
         if let Some(h) = hash {
             if let Some(m) = self.keyed_owner(h) {
@@ -224,7 +258,7 @@ impl Snapshot {
         now: Duration,
     ) -> Decision {
         let reason = Reason::Unhealthy;
-        if previous.outcome.is_hit() && self.config.failover == crate::FailoverPolicy::Strict {
+        if previous.bound && self.config.failover == crate::FailoverPolicy::Strict {
             return Decision::rejected(reason);
         }
         let group = Some(self.members[failed].group);
@@ -285,10 +319,12 @@ impl Snapshot {
                 Outcome::Refreshed,
                 Some(Duration::from_secs(u64::from(t.issued))),
             ),
+            // The route places the request; the bad token is replaced.
+            Bound::Route(Some(spoiled)) => (spoiled, Some(now)),
             // A route or hash key is affinity enough: no token, so that
             // clients which send their own key on every call are not sent
             // one on every answer.
-            Bound::Token(_) | Bound::Route | Bound::Hash(_) => (Outcome::Hit, None),
+            Bound::Token(_) | Bound::Route(None) | Bound::Hash(_) => (Outcome::Hit, None),
         };
         member.stats().count_hit();
         let token = issued
@@ -297,8 +333,10 @@ impl Snapshot {
         Decision {
             backend: Some(m as usize),
             outcome,
+            key: Some(how.kind()),
             token,
             hash,
+            bound: true,
         }
     }
 
@@ -362,8 +400,10 @@ impl Snapshot {
         Decision {
             backend: Some(m as usize),
             outcome,
+            key: hash.map(|_| KeyKind::Hash),
             token,
             hash,
+            bound: outcome.is_hit(),
         }
     }
 

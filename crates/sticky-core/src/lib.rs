@@ -68,7 +68,7 @@ mod snapshot;
 pub mod token;
 
 pub use backend::{BackendId, BackendSpec, BackendState, GroupId, MAX_WEIGHT};
-pub use decide::{Decision, FailoverPolicy, Keys, Outcome, Reason};
+pub use decide::{Decision, FailoverPolicy, KeyKind, Keys, Outcome, Reason};
 pub use health::{BackendStats, Counters, HealthPolicy};
 pub use pool::{Pool, PoolConfig};
 pub use snapshot::{ConfigError, InFlight, Member, Membership, Snapshot};

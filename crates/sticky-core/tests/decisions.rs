@@ -7,8 +7,8 @@ use std::time::Duration;
 use common::{config, keys, membership, pool, NOW};
 use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
 use sticky_core::{
-    BackendSpec, BackendState, FailoverPolicy, HealthPolicy, Keys, Membership, Outcome, Pool,
-    PoolConfig, Reason,
+    BackendSpec, BackendState, FailoverPolicy, HealthPolicy, KeyKind, Keys, Membership, Outcome,
+    Pool, PoolConfig, Reason,
 };
 
 fn name(pool: &Pool, backend: Option<usize>) -> String {
@@ -230,6 +230,65 @@ fn routes_map_to_backends_and_unknown_routes_are_invalid() {
     let d = pool.load().decide(&Keys::new().route("node9"), NOW);
     assert_eq!(d.outcome, Outcome::Invalid);
     assert!(d.backend.is_some());
+}
+
+/// A token that does not check out counts as no token: a known route
+/// still places the request, and the client gets a new token for the
+/// route's backend.
+#[test]
+fn a_bad_token_leaves_the_route_to_place_the_request() {
+    let tokens = TokenCodec::new(
+        KeyRing::new([common::SECRET]).unwrap(),
+        TokenConfig::new("sticky").max_lifetime(Duration::from_secs(60)),
+    );
+    let failover = |policy| {
+        Pool::new(
+            PoolConfig::new(tokens.clone()).failover(policy),
+            Membership::new()
+                .with(BackendSpec::new("10.0.0.1:8080").route("node1"))
+                .with(BackendSpec::new("10.0.0.2:8080").route("node2"))
+                .with(BackendSpec::new("10.0.0.3:8080").route("node3")),
+        )
+        .unwrap()
+    };
+    let pool = failover(FailoverPolicy::Rebalance);
+    let expired = {
+        let d = pool.load().decide(&Keys::new().issue_token(), NOW);
+        d.token.unwrap()
+    };
+    let later = NOW + Duration::from_secs(3600);
+    for (token, outcome, now) in [
+        ("not-a-token", Outcome::Invalid, NOW),
+        (&expired[..], Outcome::Expired, later),
+    ] {
+        for route in ["node1", "node2", "node3"] {
+            let keys = Keys::new().issue_token().token(token).route(route);
+            let d = pool.load().decide(&keys, now);
+            let home = format!("10.0.0.{}:8080", &route[4..]);
+            assert_eq!(
+                (d.outcome, d.key, name(&pool, d.backend)),
+                (outcome, Some(KeyKind::Route), home.clone()),
+                "{token} with route {route}"
+            );
+            let fresh = d.token.expect("the bad token is replaced");
+            let d = pool.load().decide(&Keys::new().token(&fresh), now);
+            assert_eq!((d.outcome, d.key), (Outcome::Hit, Some(KeyKind::Token)));
+            assert_eq!(name(&pool, d.backend), home, "the new token agrees");
+        }
+        // An unknown route leaves nothing: the weights place it.
+        let keys = Keys::new().issue_token().token(token).route("node9");
+        let d = pool.load().decide(&keys, now);
+        assert_eq!((d.outcome, d.key), (outcome, None));
+        assert!(d.backend.is_some() && d.token.is_some());
+    }
+
+    // The route binds the session: strict mode does not move it on a retry.
+    let strict = failover(FailoverPolicy::Strict);
+    let keys = Keys::new().token("not-a-token").route("node2");
+    let d = strict.load().decide(&keys, NOW);
+    assert_eq!(d.outcome, Outcome::Invalid);
+    let again = strict.load().retry(&d, d.backend.unwrap(), &keys, NOW);
+    assert_eq!(again.outcome, Outcome::Rejected(Reason::Unhealthy));
 }
 
 #[test]
