@@ -42,7 +42,8 @@ pub struct Args {
     #[arg(long = "group-weight", value_name = "GROUP=N", value_parser = name_weight)]
     pub group_weights: Vec<(String, u32)>,
 
-    /// Where affinity comes from, tried in order (first present wins):
+    /// Where affinity comes from, tried in order (first present wins; a
+    /// cookie that does not check out counts as absent):
     /// `cookie` (the signed load-balancer cookie), `header:NAME`,
     /// `app-cookie:NAME`, `route:NAME` (Tomcat `<id>.<route>` suffix in
     /// cookie NAME or the `;NAME=` path parameter), `query:NAME`, `ip`.

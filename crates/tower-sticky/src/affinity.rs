@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{HeaderName, COOKIE, FORWARDED};
 use http::request::Parts;
 use http::HeaderMap;
-use sticky_core::Outcome;
+use sticky_core::{Decision, KeyKind};
 
 /// One place to find an affinity key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,20 +188,26 @@ pub(crate) struct Found<'a> {
     pub(crate) token: Option<&'a str>,
     pub(crate) route: Option<&'a str>,
     pub(crate) hash: Option<HashKey<'a>>,
-    /// Where the token came from (the cookie or the token header).
-    pub(crate) token_source: Option<KeySource>,
-    /// Where the route or hash key came from.
-    pub(crate) key_source: Option<KeySource>,
+    pub(crate) sources: Sources,
 }
 
-impl Found<'_> {
-    /// The source of the key that placed a request decided as `outcome`.
-    /// A token or route that did not check out placed nothing: the hash
-    /// key did, if there was one, and otherwise the weights did.
-    pub(crate) fn placed_by(&self, outcome: Outcome) -> KeySource {
-        let source = match outcome {
-            Outcome::Invalid | Outcome::Expired => self.hash.as_ref().and(self.key_source),
-            _ => self.token_source.or(self.key_source),
+/// Where a request's token and its other key came from.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Sources {
+    /// The token's: the cookie or the token header.
+    pub(crate) token: Option<KeySource>,
+    /// The route's or hash key's.
+    pub(crate) key: Option<KeySource>,
+}
+
+impl Sources {
+    /// The source of the key that placed `decision`; [`KeySource::None`]
+    /// when the weights placed it.
+    pub(crate) fn of(self, decision: &Decision) -> KeySource {
+        let source = match decision.key {
+            Some(KeyKind::Token) => self.token,
+            Some(KeyKind::Route | KeyKind::Hash) => self.key,
+            None => None,
         };
         source.unwrap_or(KeySource::None)
     }
@@ -424,7 +430,7 @@ pub(crate) fn find<'a>(
                     };
                     if token.is_some() {
                         found.token = token;
-                        found.token_source = Some(source);
+                        found.sources.token = Some(source);
                     }
                 }
                 continue;
@@ -456,7 +462,7 @@ pub(crate) fn find<'a>(
             }
         }
         if found.hash.is_some() || found.route.is_some() {
-            found.key_source = Some(match source {
+            found.sources.key = Some(match source {
                 Affinity::Header(_) => KeySource::Header,
                 Affinity::AppCookie(_) => KeySource::AppCookie,
                 Affinity::Route(_) => KeySource::Route,

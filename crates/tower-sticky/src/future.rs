@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use sticky_core::{Decision, InFlight, Keys, Outcome};
 use tower_service::Service;
 
-use crate::affinity::KeySource;
+use crate::affinity::{KeySource, Sources};
 use crate::backends::Table;
 use crate::error::{BoxError, Error, Unsent};
 use crate::layer::Config;
@@ -48,7 +48,7 @@ pin_project! {
 struct Ctx<S> {
     table: Arc<Table<S>>,
     decision: Decision,
-    source: KeySource,
+    sources: Sources,
     config: Arc<Config>,
     cookies: Arc<Cookies>,
     issue_tokens: bool,
@@ -65,7 +65,7 @@ where
     pub(crate) fn new(
         table: Arc<Table<S>>,
         decision: Decision,
-        source: KeySource,
+        sources: Sources,
         request: Request<ReqBody>,
         config: Arc<Config>,
         cookies: Arc<Cookies>,
@@ -90,7 +90,7 @@ where
             ctx: Ctx {
                 table,
                 decision,
-                source,
+                sources,
                 config,
                 cookies,
                 issue_tokens,
@@ -103,6 +103,11 @@ where
 }
 
 impl<S> Ctx<S> {
+    /// The source of the key that placed the request (as last decided).
+    fn source(&self) -> KeySource {
+        self.sources.of(&self.decision)
+    }
+
     fn backend_id(&self) -> Option<&sticky_core::BackendId> {
         self.decision
             .backend
@@ -127,7 +132,7 @@ impl<S> Ctx<S> {
         self.record_failure(connection_refused(&*source));
         self.in_flight = None;
         let backend = self.backend_id().cloned().unwrap_or_else(|| "?".into());
-        tracing::debug!(backend = %backend, source = self.source.as_str(), error = %source, "sticky backend failed");
+        tracing::debug!(backend = %backend, source = self.source().as_str(), error = %source, "sticky backend failed");
         Error::Backend { backend, source }
     }
 
@@ -188,7 +193,7 @@ impl<S> Ctx<S> {
         tracing::debug!(
             backend = %backend,
             outcome = %self.decision.outcome,
-            source = self.source.as_str(),
+            source = self.source().as_str(),
             status = response.status().as_u16(),
             "sticky"
         );
@@ -197,7 +202,7 @@ impl<S> Ctx<S> {
         extensions.insert(Placement {
             outcome: self.decision.outcome,
             backend,
-            source: self.source,
+            source: self.source(),
         });
         response
     }
@@ -319,7 +324,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Rejected { error } => {
                     let error = error.take().expect("polled after completion");
-                    tracing::debug!(outcome = %this.ctx.decision.outcome, source = this.ctx.source.as_str(), "sticky rejected");
+                    tracing::debug!(outcome = %this.ctx.decision.outcome, source = this.ctx.source().as_str(), "sticky rejected");
                     this.state.set(State::Done);
                     return Poll::Ready(Err(error));
                 }

@@ -124,7 +124,9 @@ impl StickyLayer {
     }
 
     /// Sets the affinity chain, tried in order; the first source present
-    /// wins. Include [`Affinity::Cookie`] to issue cookies.
+    /// wins. A cookie that does not check out counts as absent: the next
+    /// source present places the request, and the cookie is replaced.
+    /// Include [`Affinity::Cookie`] to issue cookies.
     pub fn affinity(self, chain: impl IntoIterator<Item = Affinity>) -> Self {
         let chain = chain.into_iter().collect();
         self.edit(|c| c.chain = chain)

@@ -23,9 +23,10 @@ pub struct Placement {
     pub outcome: Outcome,
     /// The backend that answered.
     pub backend: BackendId,
-    /// The source of the key that placed it. A token or route that did
-    /// not check out placed nothing: then it is the hash key's source, or
-    /// [`KeySource::None`] when the weights placed the request.
+    /// The source of the key that placed it, or [`KeySource::None`] when
+    /// the weights did. A key that did not check out placed nothing: the
+    /// next key did, or the weights; so did the weights when a session
+    /// failed over without a hash key.
     pub source: KeySource,
 }
 
@@ -186,7 +187,7 @@ where
         let now = wall_clock();
         let (mut parts, body) = request.into_parts();
         let config = &self.config;
-        let (decision, source) = {
+        let (decision, sources) = {
             let found = affinity::find(
                 &parts,
                 &config.chain,
@@ -201,9 +202,7 @@ where
                 hash: found.hash.as_ref().map(|h| h.bytes()),
                 issue_token: self.issue_tokens,
             };
-            let decision = table.snapshot.decide(&keys, now);
-            let source = found.placed_by(decision.outcome);
-            (decision, source)
+            (table.snapshot.decide(&keys, now), found.sources)
         };
         if config.strip_cookie {
             strip_cookies(&mut parts.headers, &self.cookies.names);
@@ -211,7 +210,7 @@ where
         ResponseFuture::new(
             table,
             decision,
-            source,
+            sources,
             Request::from_parts(parts, body),
             Arc::clone(&self.config),
             Arc::clone(&self.cookies),

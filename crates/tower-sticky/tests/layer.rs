@@ -290,9 +290,12 @@ async fn draining_keeps_sessions_and_removal_fails_over_with_a_new_cookie() {
     for (cookie, home) in &sessions {
         let r = get(&service, Some(cookie)).await;
         if home == "b2" {
+            let placement = r.extensions().get::<Placement>().unwrap();
+            assert_eq!(placement.outcome, Outcome::Failover(Reason::Removed));
             assert_eq!(
-                r.extensions().get::<Outcome>(),
-                Some(&Outcome::Failover(Reason::Removed))
+                placement.source,
+                tower_sticky::KeySource::None,
+                "the weights placed the moved session"
             );
             let moved = sticky_cookie(&r).expect("a new cookie");
             let now_on = r.into_body();
@@ -561,6 +564,53 @@ async fn route_suffixes_in_cookie_and_path_reach_their_backend() {
     );
 }
 
+/// A cookie that does not check out (say, signed with a retired key) must
+/// not cost a Tomcat-style session its node: the route places it, and the
+/// cookie is replaced with one for that node.
+#[tokio::test]
+async fn a_bad_cookie_leaves_the_route_to_place_the_request() {
+    let backends = Backends::new(
+        config_with(&[SECRET]),
+        ["node1", "node2", "node3"].map(|n| (BackendSpec::new(n).route(n), named(n))),
+    )
+    .unwrap();
+    let service = layer_service(
+        StickyLayer::new().affinity([Affinity::Cookie, Affinity::Route("JSESSIONID".into())]),
+        backends,
+    );
+    let retired = {
+        let other = Sticky::new(backends_of(
+            config_with(&["a retired key, 32 bytes long."]),
+            &["node1"],
+        ));
+        session(&other).await.0
+    };
+    for node in ["node1", "node2", "node3"] {
+        for bad in ["sticky=forged-value", &retired[..]] {
+            let cookie = format!("{bad}; JSESSIONID=ABC123.{node}");
+            let r = get(&service, Some(&cookie)).await;
+            let placement = r.extensions().get::<Placement>().unwrap().clone();
+            assert_eq!(placement.outcome, Outcome::Invalid, "{cookie}");
+            assert_eq!(placement.source, tower_sticky::KeySource::Route, "{cookie}");
+            let fresh = sticky_cookie(&r).expect("the bad cookie is replaced");
+            assert_eq!(r.into_body(), node, "{cookie}");
+
+            let r = get(
+                &service,
+                Some(&format!("{fresh}; JSESSIONID=ABC123.{node}")),
+            )
+            .await;
+            let placement = r.extensions().get::<Placement>().unwrap().clone();
+            assert_eq!(
+                (placement.outcome, placement.source),
+                (Outcome::Hit, tower_sticky::KeySource::Cookie)
+            );
+            assert_eq!(sticky_cookie(&r), None, "nothing left to repair");
+            assert_eq!(r.into_body(), node);
+        }
+    }
+}
+
 #[tokio::test]
 async fn token_header_serves_clients_without_cookies() {
     let name = HeaderName::from_static("x-sticky");
@@ -704,6 +754,8 @@ async fn connection_errors_are_retried_once_on_the_next_candidate() {
                 if placement.outcome == Outcome::Failover(Reason::Unhealthy) {
                     retried += 1;
                 }
+                // The key's next candidate took it.
+                assert_eq!(placement.source, tower_sticky::KeySource::Header);
                 assert_eq!(r.into_body(), "c-up");
             }
             // Retried once only: a key whose next candidate is also down fails.
