@@ -32,6 +32,10 @@ pub enum Reason {
     Removed,
     /// No backend can take the request at all.
     Unavailable,
+    /// Its backend is over the keyed load bound
+    /// ([`PoolConfig::keyed_bound`](crate::PoolConfig::keyed_bound)): this
+    /// request of a hash key went to the key's next candidate.
+    Overloaded,
 }
 
 impl Reason {
@@ -42,6 +46,7 @@ impl Reason {
             Reason::Disabled => "disabled",
             Reason::Removed => "removed",
             Reason::Unavailable => "unavailable",
+            Reason::Overloaded => "overloaded",
         }
     }
 }
@@ -63,7 +68,10 @@ pub enum Outcome {
     /// The next key (a known route, else the hash key) or the weights
     /// place the request, and a new token is issued.
     Invalid,
-    /// The bound backend could not serve; the session moved.
+    /// The bound backend could not serve; the session moved. Under a
+    /// keyed load bound ([`Reason::Overloaded`]) only this request moved:
+    /// no token is issued, and the key's next request goes to its owner
+    /// again once the owner is under the bound.
     Failover(Reason),
     /// Nothing was placed: strict mode, or no backend available.
     Rejected(Reason),
@@ -308,9 +316,18 @@ impl Snapshot {
         }
         if let (Bound::Hash(h), Some(c)) = (&how, self.config.keyed_bound) {
             if !self.fits(m, c) {
-                // Consistent hashing with bounded loads: pass the key on.
-                if let Some(next) = self.keyed_pick(*h, Some(member.group), now, None, true) {
-                    return self.placed(next, Outcome::Hit, keys, hash, now, None);
+                // Consistent hashing with bounded loads: pass the key on,
+                // for this request only. No token, which would keep the
+                // client on the other backend after the owner has room
+                // again. With no other candidate the owner keeps it.
+                let next = self.keyed_pick(*h, Some(member.group), now, None, true);
+                if let Some(next) = next.filter(|&next| next != m) {
+                    let keys = Keys {
+                        issue_token: false,
+                        ..*keys
+                    };
+                    let outcome = Outcome::Failover(Reason::Overloaded);
+                    return self.placed(next, outcome, &keys, hash, now, None);
                 }
             }
         }

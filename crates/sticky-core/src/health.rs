@@ -79,7 +79,8 @@ pub struct Counters {
     pub new_sessions: u64,
     /// Requests of bound sessions that reached their backend.
     pub hits: u64,
-    /// Sessions moved to this backend because their own could not serve.
+    /// Requests moved to this backend because their own could not serve
+    /// them (or was over the keyed load bound).
     pub failovers: u64,
     /// Requests that failed (errors, and configured 5xx statuses).
     pub failures: u64,

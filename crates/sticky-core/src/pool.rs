@@ -76,7 +76,11 @@ impl PoolConfig {
         self
     }
 
-    /// Bounds keyed placement to `factor` × the average load.
+    /// Bounds keyed placement to `factor` × the average load: while a hash
+    /// key's owner is over the bound, the key's requests go to its next
+    /// candidate under it, as [`Outcome::Failover`](crate::Outcome::Failover)
+    /// with [`Reason::Overloaded`](crate::Reason::Overloaded) and no token,
+    /// and come back to the owner once it has room.
     pub fn keyed_bound(mut self, factor: f64) -> Self {
         self.keyed_bound = Some(factor);
         self

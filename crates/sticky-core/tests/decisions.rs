@@ -429,12 +429,46 @@ fn keyed_bounded_load_passes_keys_on_while_the_owner_is_overloaded() {
         .backend
         .unwrap();
     let _busy: Vec<_> = (0..10).map(|_| snapshot.start_request(owner)).collect();
-    let d = snapshot.decide(&Keys::new().hash(key), NOW);
-    assert_ne!(d.backend, Some(owner));
+    // The client could take a cookie, but a cookie would keep it on the
+    // other backend once the owner has room again: none is issued.
+    let keys = Keys::new().hash(key).issue_token();
+    let d = snapshot.decide(&keys, NOW);
+    let other = d.backend.unwrap();
+    assert_ne!(other, owner);
+    assert_eq!(d.outcome, Outcome::Failover(Reason::Overloaded));
+    assert_eq!(d.outcome.as_str(), "failover");
+    assert_eq!(Reason::Overloaded.as_str(), "overloaded");
+    assert_eq!(d.key, Some(KeyKind::Hash));
+    assert_eq!(d.token, None);
+    let moved = snapshot.member(other).counters();
+    assert_eq!((moved.hits, moved.failovers), (0, 1));
     drop(_busy);
+    let d = snapshot.decide(&keys, NOW);
     assert_eq!(
-        snapshot.decide(&Keys::new().hash(key), NOW).backend,
-        Some(owner)
+        (d.backend, d.outcome, d.token),
+        (Some(owner), Outcome::Hit, None)
+    );
+}
+
+#[test]
+fn an_overloaded_owner_keeps_its_key_when_no_other_backend_can_take_it() {
+    let health = HealthPolicy {
+        failure_threshold: 1,
+        cooldown: Duration::from_secs(10),
+    };
+    let config = config().keyed_bound(1.25).health(health);
+    let pool = Pool::new(config, membership(&[1, 1, 1])).unwrap();
+    let snapshot = pool.load();
+    let keys = Keys::new().hash(b"hot-tenant").issue_token();
+    let owner = snapshot.decide(&keys, NOW).backend.unwrap();
+    for m in (0..3).filter(|&m| m != owner) {
+        snapshot.member(m).stats().record_failure(&health, NOW);
+    }
+    let _busy: Vec<_> = (0..10).map(|_| snapshot.start_request(owner)).collect();
+    let d = snapshot.decide(&keys, NOW);
+    assert_eq!(
+        (d.backend, d.outcome, d.token),
+        (Some(owner), Outcome::Hit, None)
     );
 }
 
