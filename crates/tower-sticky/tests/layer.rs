@@ -941,3 +941,83 @@ async fn header_only_clients_can_go_without_set_cookie() {
     assert!(first.headers().get(SET_COOKIE).is_none());
     assert!(first.headers().get(CACHE_CONTROL).is_none());
 }
+
+/// Under a keyed load bound, a hot key's request that its busy owner
+/// cannot take goes to the next backend without a cookie, even with
+/// cookies in the chain: the key's later requests go back to the owner.
+#[tokio::test]
+async fn a_key_passed_on_by_the_load_bound_gets_no_cookie_and_comes_back() {
+    let names = ["b1", "b2", "b3", "b4"];
+    let (hold, held) = tokio::sync::watch::channel(false);
+    let owner = Arc::new(std::sync::Mutex::new(None::<&'static str>));
+    // Each backend answers at once, except the owner while `hold` is set.
+    let backend = |name: &'static str| {
+        let held = held.clone();
+        let owner = Arc::clone(&owner);
+        Svc::new(service_fn(move |_: Request<String>| {
+            let mut held = held.clone();
+            let is_owner = *owner.lock().unwrap() == Some(name);
+            async move {
+                if is_owner {
+                    held.wait_for(|held| !*held).await?;
+                }
+                Ok::<_, BoxError>(Response::new(name.to_string()))
+            }
+        }))
+    };
+    let backends = Backends::new(
+        config_with(&[SECRET]).keyed_bound(1.25),
+        names.map(|n| (BackendSpec::new(n), backend(n))),
+    )
+    .unwrap();
+    let service = layer_service(
+        StickyLayer::new().affinity(vec![
+            Affinity::Cookie,
+            Affinity::Header(HeaderName::from_static("x-tenant")),
+        ]),
+        backends,
+    );
+    let hot = || {
+        Request::get("/")
+            .header("x-tenant", "hot")
+            .body(String::new())
+            .unwrap()
+    };
+    let first = send(&service, hot()).await;
+    assert_eq!(sticky_cookie(&first), None, "a header key needs no cookie");
+    let home = first.into_body();
+    *owner.lock().unwrap() = names.into_iter().find(|&n| n == home);
+
+    // Requests of the hot key pile up on its owner until it is over the
+    // bound; the next one goes elsewhere.
+    hold.send_replace(true);
+    let mut parked = Vec::new();
+    let passed_on = loop {
+        let mut call = Box::pin(service.clone().oneshot(hot()));
+        match call
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        {
+            Poll::Pending => parked.push(call),
+            Poll::Ready(r) => break r.unwrap(),
+        }
+        assert!(parked.len() < 10, "the owner took every request");
+    };
+    let placement = passed_on.extensions().get::<Placement>().unwrap().clone();
+    assert_eq!(placement.outcome, Outcome::Failover(Reason::Overloaded));
+    assert_eq!(placement.source, tower_sticky::KeySource::Header);
+    assert_eq!(sticky_cookie(&passed_on), None);
+    assert_ne!(passed_on.into_body(), home);
+
+    hold.send_replace(false);
+    for call in parked {
+        assert_eq!(call.await.unwrap().into_body(), home);
+    }
+    let back = send(&service, hot()).await;
+    assert_eq!(
+        back.extensions().get::<Placement>().unwrap().outcome,
+        Outcome::Hit
+    );
+    assert_eq!(sticky_cookie(&back), None);
+    assert_eq!(back.into_body(), home);
+}
