@@ -327,7 +327,7 @@ impl Snapshot {
                         ..*keys
                     };
                     let outcome = Outcome::Failover(Reason::Overloaded);
-                    return self.placed(next, outcome, &keys, hash, now, None);
+                    return self.placed(next, outcome, &keys, hash, now);
                 }
             }
         }
@@ -391,11 +391,13 @@ impl Snapshot {
             None => self.scheduled_pick(group, now, exclude),
         };
         match pick {
-            Some(m) => self.placed(m, outcome, keys, hash, now, Some(now)),
+            Some(m) => self.placed(m, outcome, keys, hash, now),
             None => Decision::rejected(Reason::Unavailable),
         }
     }
 
+    /// A request placed away from any binding: a new session, a key that
+    /// did not check out, or a move. Any token issued starts a session now.
     fn placed(
         &self,
         m: u32,
@@ -403,24 +405,20 @@ impl Snapshot {
         keys: &Keys<'_>,
         hash: Option<u64>,
         now: Duration,
-        issued: Option<Duration>,
     ) -> Decision {
         let stats = &self.stats[m as usize];
         match outcome {
             Outcome::Failover(_) => stats.count_failover(),
-            Outcome::Hit | Outcome::Refreshed => stats.count_hit(),
             _ => stats.count_new_session(),
         }
-        let token = keys
-            .issue_token
-            .then(|| self.seal(m, issued.unwrap_or(now), now));
+        let token = keys.issue_token.then(|| self.seal(m, now, now));
         Decision {
             backend: Some(m as usize),
             outcome,
             key: hash.map(|_| KeyKind::Hash),
             token,
             hash,
-            bound: outcome.is_hit(),
+            bound: false,
         }
     }
 
