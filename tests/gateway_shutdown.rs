@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 mod support;
 
-use support::{free_port, gateway_binary as gateway, wait_until};
+use support::{announced, gateway_binary as gateway, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_under_way() {
@@ -35,26 +35,19 @@ async fn sigterm_finishes_requests_under_way() {
     let backend_addr = backend.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(backend, app).await.unwrap() });
 
-    let (listen, admin) = (free_port(), free_port());
     let mut child = tokio::process::Command::new(gateway())
-        .args([
-            "--listen",
-            &listen.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(["--backend", &format!("slow=http://{backend_addr}")])
         .env("STICKY_SECRET", "shutdown test secret, 32 bytes..")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_until("the gateway to listen", || async move {
-        TcpStream::connect(listen).await.is_ok()
-    })
-    .await;
+    let (listen, _admin) = announced(&mut child)
+        .await
+        .expect("the gateway exited before it listened");
 
     // A request under way...
     let mut client = TcpStream::connect(listen).await.unwrap();

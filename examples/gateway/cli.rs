@@ -18,7 +18,8 @@ use tower_sticky::Affinity;
 #[derive(Parser, Debug)]
 #[command(name = "gateway", version)]
 pub struct Args {
-    /// Address to serve clients on.
+    /// Address to serve clients on. Port 0 takes a free port; the address
+    /// actually bound is printed at start.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
@@ -80,7 +81,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub trusted_proxies: usize,
 
-    /// Address of the admin API and status page.
+    /// Address of the admin API and status page. Port 0 takes a free port;
+    /// the address actually bound is printed at start.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
 

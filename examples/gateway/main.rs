@@ -140,15 +140,16 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         .client_ip(client_ip)
         .layer(backends.clone());
 
-    let listener = bind(args.listen, "--listen").await;
-    let admin_listener = bind(args.admin_listen, "--admin-listen").await;
-    println!("gateway listening on http://{}", args.listen);
-    println!("admin and status page on http://{}", args.admin_listen);
+    let (listener, address) = bind(args.listen, "--listen").await;
+    let (admin_listener, admin_address) = bind(args.admin_listen, "--admin-listen").await;
+    // The bound addresses, so that port 0 (any free port) can be found.
+    println!("gateway listening on http://{address}");
+    println!("admin and status page on http://{admin_address}");
     for (name, url) in &backends_given {
         println!("  backend {name} at {url}");
     }
     if args.backends.is_empty() {
-        println!("try: curl -c jar -b jar http://{}/", args.listen);
+        println!("try: curl -c jar -b jar http://{address}/");
     }
 
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -303,13 +304,18 @@ fn error_response(error: Error) -> http::Response<proxy::Body> {
     proxy::text(error.status(), message)
 }
 
-async fn bind(address: SocketAddr, flag: &str) -> tokio::net::TcpListener {
-    tokio::net::TcpListener::bind(address)
-        .await
-        .unwrap_or_else(|e| {
-            eprintln!("error: {flag} {address}: {e}");
-            std::process::exit(1);
-        })
+/// Binds `address` (or exits naming `flag`); returns the listener and the
+/// address it got, which differs from `address` when its port is 0.
+async fn bind(address: SocketAddr, flag: &str) -> (tokio::net::TcpListener, SocketAddr) {
+    let bound = async {
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        let local = listener.local_addr()?;
+        Ok::<_, std::io::Error>((listener, local))
+    };
+    bound.await.unwrap_or_else(|e| {
+        eprintln!("error: {flag} {address}: {e}");
+        std::process::exit(1);
+    })
 }
 
 /// The key ring: from --secret-file, else STICKY_SECRET, else a random key.

@@ -25,7 +25,7 @@ pub use hyper_util::client::legacy::connect::HttpConnector;
 pub use hyper_util::client::legacy::Client;
 pub use hyper_util::rt::{TokioExecutor, TokioIo};
 pub use serde_json::{json, Value};
-pub use tokio::io::AsyncReadExt;
+pub use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 pub use tokio::net::{TcpListener, TcpStream};
 pub use tokio::process::{Child, Command};
 pub use tokio::sync::{oneshot, Semaphore};
@@ -171,9 +171,29 @@ pub fn gateway_binary() -> PathBuf {
     binary
 }
 
-pub fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+/// The addresses a gateway started with `--listen 127.0.0.1:0
+/// --admin-listen 127.0.0.1:0` bound, read from the lines it prints at
+/// start; `None` if it exits (or closes its output) before printing them.
+/// Whatever it prints afterwards is read and dropped, so that it never
+/// blocks on a full pipe.
+pub async fn announced(child: &mut Child) -> Option<(SocketAddr, SocketAddr)> {
+    let stdout = child.stdout.take().expect("the gateway's stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let read = async {
+        let (mut listen, mut admin) = (None, None);
+        while listen.is_none() || admin.is_none() {
+            let line = lines.next_line().await.ok()??;
+            let address = |prefix: &str| line.strip_prefix(prefix)?.parse().ok();
+            listen = listen.or_else(|| address("gateway listening on http://"));
+            admin = admin.or_else(|| address("admin and status page on http://"));
+        }
+        Some((listen?, admin?))
+    };
+    let addresses = tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("the gateway did not print its addresses in time")?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Some(addresses)
 }
 
 /// A gateway child process, killed on drop.
@@ -192,22 +212,20 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
-    /// Starts a gateway over `backends` with the extra flags `args`, and
-    /// waits until both of its ports accept connections.
+    /// Starts a gateway over `backends` with the extra flags `args`, on
+    /// free ports, and waits until both of them listen.
     pub async fn start(backends: &[&Backend], args: &[&str]) -> Gateway {
         Self::start_logging(backends, args, "info").await
     }
 
     /// Like [`start`](Self::start), logging at `level` (`RUST_LOG`).
     pub async fn start_logging(backends: &[&Backend], args: &[&str], level: &str) -> Gateway {
-        let addr = free_port();
-        let admin = free_port();
         let mut command = Command::new(gateway_binary());
+        // Free ports, picked by the gateway itself: a port picked here and
+        // closed again could be taken by someone else before it binds.
         command
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--admin-listen")
-            .arg(admin.to_string());
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0"]);
         for backend in backends {
             command
                 .arg("--backend")
@@ -218,7 +236,7 @@ impl Gateway {
             .env("STICKY_SECRET", SECRET)
             .env("RUST_LOG", level)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = command.spawn().expect("spawn the gateway");
@@ -226,7 +244,7 @@ impl Gateway {
         let log = Arc::new(Mutex::new(String::new()));
         let mut stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&log);
-        tokio::spawn(async move {
+        let logging = tokio::spawn(async move {
             let mut buffer = [0u8; 4096];
             while let Ok(n) = stderr.read(&mut buffer).await {
                 if n == 0 {
@@ -237,29 +255,26 @@ impl Gateway {
                     .push_str(&String::from_utf8_lossy(&buffer[..n]));
             }
         });
-        let mut gateway = Gateway {
+        let Some((addr, admin)) = announced(&mut child).await else {
+            // It has exited: its whole log says why.
+            let status = match tokio::time::timeout(DEADLINE, child.wait()).await {
+                Ok(Ok(status)) => status.to_string(),
+                other => format!("{other:?}"),
+            };
+            let _ = tokio::time::timeout(DEADLINE, logging).await;
+            panic!(
+                "the gateway exited ({status}) before it listened:\n{}",
+                log.lock().unwrap()
+            );
+        };
+        // Both ports are bound and listening once announced.
+        Gateway {
             child,
             addr,
             admin,
             log,
             http: http_client(),
-        };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = gateway.child.try_wait().unwrap() {
-                panic!("the gateway exited with {status}:\n{}", gateway.log());
-            }
-            if TcpStream::connect(addr).await.is_ok() && TcpStream::connect(admin).await.is_ok() {
-                break;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "the gateway did not listen within {DEADLINE:?}:\n{}",
-                gateway.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        gateway
     }
 
     pub fn log(&self) -> String {
