@@ -191,15 +191,24 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
                         continue;
                     }
                 };
-                // The next worker in turn; past any that has stopped.
+                // The next worker in turn. A worker that has stopped (it
+                // can only have panicked) is dropped from the turn; with
+                // none left the gateway cannot serve, and says so by exiting.
                 let mut connection = Accepted { stream, peer, watcher: graceful.watcher() };
-                for _ in 0..queues.len() {
-                    let queue = &queues[next];
-                    next = (next + 1) % queues.len();
-                    match queue.send(connection) {
-                        Ok(()) => break,
+                loop {
+                    if queues.is_empty() {
+                        eprintln!("error: every worker thread has stopped");
+                        std::process::exit(1);
+                    }
+                    next %= queues.len();
+                    match queues[next].send(connection) {
+                        Ok(()) => {
+                            next += 1;
+                            break;
+                        }
                         Err(returned) => {
-                            tracing::error!("a worker thread has stopped");
+                            tracing::error!("a worker thread has stopped; serving on the others");
+                            queues.remove(next);
                             connection = returned.0;
                         }
                     }
@@ -232,11 +241,13 @@ struct Accepted {
 /// connections it is handed until its queue closes. Everything a request
 /// touches (its client connection, its upstream connection) stays on the
 /// worker, as in an event-loop proxy: no task hops between threads.
+/// Returns once the worker runs; exits the process if it cannot start.
 fn worker(
     index: usize,
     sticky: Sticky<Upstream>,
     accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
 ) -> std::thread::JoinHandle<()> {
+    let (started, start) = std::sync::mpsc::sync_channel(1);
     let spawned = std::thread::Builder::new()
         .name(format!("gateway-worker-{index}"))
         .spawn(move || {
@@ -245,14 +256,32 @@ fn worker(
                 .enable_all()
                 .build();
             match runtime {
-                Ok(runtime) => runtime.block_on(serve(sticky, accepted)),
-                Err(error) => tracing::error!(%error, worker = index, "cannot start a worker"),
+                Ok(runtime) => {
+                    let _ = started.send(Ok(()));
+                    runtime.block_on(serve(sticky, accepted));
+                }
+                Err(error) => {
+                    let _ = started.send(Err(error));
+                }
             }
         });
-    spawned.unwrap_or_else(|error| {
+    let thread = spawned.unwrap_or_else(|error| {
         eprintln!("error: cannot start worker thread {index}: {error}");
         std::process::exit(1);
-    })
+    });
+    // A worker that cannot start stops the gateway now, rather than
+    // leaving it to serve short of a worker.
+    match start.recv() {
+        Ok(Ok(())) => thread,
+        Ok(Err(error)) => {
+            eprintln!("error: cannot start worker {index}'s runtime: {error}");
+            std::process::exit(1);
+        }
+        Err(_) => {
+            eprintln!("error: worker thread {index} stopped as it started");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// A worker's loop: serves each connection it is handed, on this thread.
