@@ -25,7 +25,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         std::env::temp_dir().join(format!("gateway-cli-short-secret-{}", std::process::id()));
     std::fs::write(&secret, "short\n").unwrap();
     let secret = secret.to_string_lossy().into_owned();
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 15] = [
         (&["--no-such-flag"], "--no-such-flag"),
         (&["--listen", "nowhere"], "--listen"),
         (&["--backend", "b1"], "--backend"),
@@ -54,6 +54,25 @@ fn bad_flags_exit_2_naming_the_flag() {
         (&["--affinity", "header"], "--affinity"),
         (&["--affinity", "carrier-pigeon"], "--affinity"),
         (&["--failover", "sometimes"], "--failover"),
+        (
+            &[
+                "--backend",
+                "b1=http://127.0.0.1:9",
+                "--client-timeout",
+                "0",
+            ],
+            "--client-timeout",
+        ),
+        (
+            &[
+                "--backend",
+                "b1=http://127.0.0.1:9",
+                "--backend-timeout",
+                "0",
+            ],
+            "--backend-timeout",
+        ),
+        (&["--backend-timeout", "soon"], "--backend-timeout"),
         (
             &[
                 "--backend",
@@ -97,6 +116,9 @@ fn help_documents_every_flag() {
         "--trusted-proxies",
         "--admin-listen",
         "--preserve-host",
+        "--threads",
+        "--client-timeout",
+        "--backend-timeout",
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }

@@ -90,6 +90,20 @@ pub struct Args {
     #[arg(long)]
     pub preserve_host: bool,
 
+    /// Longest wait for a client's request head, in seconds: from the
+    /// connection's start, or from the end of the previous response on a
+    /// kept-alive HTTP/1.1 connection. A client that takes longer, or
+    /// leaves the connection idle that long, is disconnected.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub client_timeout: u64,
+
+    /// Longest wait for a backend, in seconds: for the response head once
+    /// the whole request is handed over (a slow upload does not count),
+    /// then between parts of the response body. Past it the client gets
+    /// 504, or a response cut short. WebSocket tunnels have no limit.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub backend_timeout: u64,
+
     /// Worker threads serving clients, each with its own event loop and
     /// upstream connections. Default: one per CPU.
     #[arg(long, value_name = "N")]
@@ -202,6 +216,12 @@ impl Args {
         }
         if self.idle_timeout == Some(0) {
             fail("--idle-timeout", "must be at least 1 second");
+        }
+        if self.client_timeout == 0 {
+            fail("--client-timeout", "must be at least 1 second");
+        }
+        if self.backend_timeout == 0 {
+            fail("--backend-timeout", "must be at least 1 second");
         }
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use clap::Parser;
 use http::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tower::{Layer, ServiceExt};
@@ -36,7 +36,7 @@ use tower_sticky::sticky_core::{BackendSpec, FailoverPolicy, PoolConfig};
 use tower_sticky::{Affinity, Backends, ClientIp, Error, Sticky, StickyLayer};
 
 use cli::{fail, Args, Failover};
-use proxy::{ProxyOptions, Upstream};
+use proxy::{ProxyError, ProxyOptions, Upstream};
 
 /// How long shutdown waits for requests under way.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,6 +92,7 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     let options = ProxyOptions {
         preserve_host: args.preserve_host,
         workers,
+        backend_timeout: Duration::from_secs(args.backend_timeout),
     };
     let mut members = Vec::new();
     for (name, url) in &backends_given {
@@ -162,12 +163,13 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
             .await;
     });
 
+    let client_timeout = Duration::from_secs(args.client_timeout);
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers {
         let (queue, accepted) = tokio::sync::mpsc::unbounded_channel();
         queues.push(queue);
-        threads.push(worker(index, sticky.clone(), accepted));
+        threads.push(worker(index, sticky.clone(), client_timeout, accepted));
     }
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
@@ -245,6 +247,7 @@ struct Accepted {
 fn worker(
     index: usize,
     sticky: Sticky<Upstream>,
+    client_timeout: Duration,
     accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
 ) -> std::thread::JoinHandle<()> {
     let (started, start) = std::sync::mpsc::sync_channel(1);
@@ -258,7 +261,7 @@ fn worker(
             match runtime {
                 Ok(runtime) => {
                     let _ = started.send(Ok(()));
-                    runtime.block_on(serve(sticky, accepted));
+                    runtime.block_on(serve(sticky, client_timeout, accepted));
                 }
                 Err(error) => {
                     let _ = started.send(Err(error));
@@ -285,12 +288,18 @@ fn worker(
 }
 
 /// A worker's loop: serves each connection it is handed, on this thread.
+/// A client gets `client_timeout` for each request head.
 async fn serve(
     sticky: Sticky<Upstream>,
+    client_timeout: Duration,
     mut accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
 ) {
     let mut server = auto::Builder::new(TokioExecutor::new());
-    server.http1().writev(false);
+    server
+        .http1()
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(client_timeout);
     while let Some(Accepted {
         stream,
         peer,
@@ -323,14 +332,26 @@ async fn serve(
 }
 
 /// 503 for a session that may not move (strict mode) or no backend at
-/// all; 502 for a backend that failed.
+/// all; 504 for a backend that did not answer in time; 502 for a backend
+/// that failed.
 fn error_response(error: Error) -> http::Response<proxy::Body> {
-    let message = match &error {
-        Error::Rejected(_) => "no backend can serve this session",
-        Error::Backend { .. } => "the backend could not be reached",
+    let (status, message) = match &error {
+        Error::Rejected(_) => (error.status(), "no backend can serve this session"),
+        Error::Backend { source, .. }
+            if matches!(
+                source.downcast_ref::<ProxyError>(),
+                Some(ProxyError::TimedOut(_))
+            ) =>
+        {
+            (
+                http::StatusCode::GATEWAY_TIMEOUT,
+                "the backend did not answer in time",
+            )
+        }
+        Error::Backend { .. } => (error.status(), "the backend could not be reached"),
     };
-    tracing::warn!(%error, status = error.status().as_u16(), "request failed");
-    proxy::text(error.status(), message)
+    tracing::warn!(%error, status = status.as_u16(), "request failed: {message}");
+    proxy::text(status, message)
 }
 
 /// Binds `address` (or exits naming `flag`); returns the listener and the

@@ -9,6 +9,10 @@
 //! be made, or when a pooled connection turned out closed before the
 //! request was written: the layer then retries it on the next candidate,
 //! whatever the method, because nothing reached any backend.
+//!
+//! A backend gets `backend_timeout` to answer: for the response head once
+//! the whole request has been handed over (so a slow upload is not taken
+//! for a slow backend), then between parts of the response body.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +28,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use tower::Service;
 use tower_sticky::{BoxError, Unsent};
@@ -32,23 +37,35 @@ use tower_sticky::{BoxError, Unsent};
 /// keeps the whole proxy future provably `Send`; an unsent request stays
 /// reachable as its `source()`, for the layer's retry.
 #[derive(Debug)]
-pub struct ProxyError(BoxError);
+pub enum ProxyError {
+    /// The connection or the exchange failed.
+    Failed(BoxError),
+    /// The backend sent nothing for this long: no response head once the
+    /// request was handed over, or no next part of the response body.
+    TimedOut(Duration),
+}
 
 impl std::fmt::Display for ProxyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        match self {
+            ProxyError::Failed(error) => error.fmt(f),
+            ProxyError::TimedOut(after) => write!(f, "no response within {after:?}"),
+        }
     }
 }
 
 impl std::error::Error for ProxyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
+        match self {
+            ProxyError::Failed(error) => Some(&**error),
+            ProxyError::TimedOut(_) => None,
+        }
     }
 }
 
 impl ProxyError {
     fn new(error: impl Into<BoxError>) -> Self {
-        ProxyError(error.into())
+        ProxyError::Failed(error.into())
     }
 }
 
@@ -58,14 +75,29 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// Idle connections kept per backend.
 const IDLE_PER_BACKEND: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The default of `--backend-timeout`.
+pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Settings shared by every upstream.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ProxyOptions {
     /// Keep the client's `Host` header instead of the backend's.
     pub preserve_host: bool,
     /// Worker threads serving clients: each gets its own idle pool.
     pub workers: usize,
+    /// The longest wait for a response head once the request is handed
+    /// over, and between parts of a response body.
+    pub backend_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            preserve_host: false,
+            workers: 0,
+            backend_timeout: BACKEND_TIMEOUT,
+        }
+    }
 }
 
 thread_local! {
@@ -106,7 +138,7 @@ struct Inner {
     host: HeaderValue,
     options: ProxyOptions,
     /// Idle connections: one pool off the workers, then one per worker.
-    idle: Box<[Mutex<Vec<SendRequest<Incoming>>>]>,
+    idle: Box<[Mutex<Vec<Conn>>]>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -162,7 +194,7 @@ impl Upstream {
     }
 
     /// This thread's idle pool.
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<Incoming>>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
         let pools = &self.inner.idle;
         let shard = POOL_SHARD.with(|shard| shard.get()) % pools.len();
         pools[shard].lock().unwrap_or_else(|e| e.into_inner())
@@ -171,15 +203,15 @@ impl Upstream {
     /// A pooled connection ready for a request, the most recently used
     /// first. Connections still busy (their last response's end not yet
     /// seen by their task) stay pooled; closed ones are dropped.
-    fn take_idle(&self) -> Option<SendRequest<Incoming>> {
+    fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle();
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
-            if idle[i].is_ready() {
+            if idle[i].sender.is_ready() {
                 return Some(idle.swap_remove(i));
             }
-            if idle[i].is_closed() {
+            if idle[i].sender.is_closed() {
                 idle.swap_remove(i);
             }
         }
@@ -188,17 +220,17 @@ impl Upstream {
 
     /// Puts a connection whose response was read to the end back in the
     /// pool, unless the pool is full or the connection closed.
-    fn give_back(&self, sender: SendRequest<Incoming>) {
-        if sender.is_closed() {
+    fn give_back(&self, conn: Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle();
         if idle.len() < IDLE_PER_BACKEND {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 
-    async fn connect(&self, upgrades: bool) -> Result<SendRequest<Incoming>, BoxError> {
+    async fn connect(&self, upgrades: bool) -> Result<Conn, BoxError> {
         let address = self.inner.authority.as_str();
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
             .await
@@ -218,21 +250,21 @@ impl Upstream {
                 tracing::debug!(%error, "upstream connection closed");
             }
         });
-        Ok(sender)
+        Ok(Conn::new(sender, self.inner.options.backend_timeout))
     }
 
     async fn forward(self, mut request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
         let upgrade = is_upgrade(request.headers());
         prepare(&mut request, &self.inner, upgrade);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let (mut request, mut handed_over) = Outgoing::wrap(request);
 
         // A pooled connection may have closed; if so the request comes back
         // untouched and goes out on a fresh connection.
-        let mut request = request;
         if !upgrade {
-            while let Some(mut sender) = self.take_idle() {
-                match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(self.finish(response, sender)),
+            while let Some(mut conn) = self.take_idle() {
+                match conn.exchange(request, &mut handed_over).await? {
+                    Ok(response) => return Ok(self.finish(response, conn)),
                     Err(mut error) => match error.take_message() {
                         Some(unsent) => request = unsent,
                         None => return Err(ProxyError::new(error.into_error())),
@@ -240,16 +272,16 @@ impl Upstream {
                 }
             }
         }
-        let mut sender = match self.connect(upgrade).await {
-            Ok(sender) => sender,
+        let mut conn = match self.connect(upgrade).await {
+            Ok(conn) => conn,
             // Nothing was sent: the layer may place the request elsewhere.
-            Err(error) => return Err(ProxyError::new(Unsent::new(request, error))),
+            Err(error) => return Err(unsent(request, error)),
         };
-        let mut response = match sender.try_send_request(request).await {
+        let mut response = match conn.exchange(request, &mut handed_over).await? {
             Ok(response) => response,
             Err(mut error) => {
                 return match error.take_message() {
-                    Some(unsent) => Err(ProxyError::new(Unsent::new(unsent, error.into_error()))),
+                    Some(request) => Err(unsent(request, error.into_error())),
                     None => Err(ProxyError::new(error.into_error())),
                 }
             }
@@ -274,21 +306,19 @@ impl Upstream {
                 ));
             }
         }
-        Ok(self.finish(response, sender))
+        Ok(self.finish(response, conn))
     }
 
     /// The client's response: hop-by-hop headers removed, and a body that
-    /// returns `sender`'s connection to the pool once read to the end.
-    fn finish(
-        &self,
-        response: Response<Incoming>,
-        sender: SendRequest<Incoming>,
-    ) -> Response<Body> {
+    /// returns `conn` to the pool once read to the end.
+    fn finish(&self, response: Response<Incoming>, mut conn: Conn) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
+        // The backend's time for the body's first part starts now.
+        conn.arm();
         let body = Leased {
             body,
-            lease: Some((self.clone(), sender)),
+            lease: Some((self.clone(), conn)),
         };
         Response::from_parts(parts, body.boxed())
     }
@@ -306,6 +336,11 @@ impl Service<Request<Incoming>> for Upstream {
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         Box::pin(self.clone().forward(request))
     }
+}
+
+/// The error for a request that never left: the layer may retry it.
+fn unsent(request: Request<Outgoing>, error: impl Into<BoxError>) -> ProxyError {
+    ProxyError::new(Unsent::new(request.map(|body| body.body), error))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -499,19 +534,141 @@ fn prepare(request: &mut Request<Incoming>, upstream: &Inner, upgrade: bool) {
     }
 }
 
+/// An upstream connection, with the deadline of what it waits for.
+///
+/// A request costs no timer of its own: the connection's one timer fires
+/// at or before `deadline`, and is moved on to it only when it fires
+/// early. Most requests only write `deadline`.
+struct Conn {
+    sender: SendRequest<Outgoing>,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Conn {
+    fn new(sender: SendRequest<Outgoing>, timeout: Duration) -> Conn {
+        let deadline = tokio::time::Instant::now() + timeout;
+        Conn {
+            sender,
+            timeout,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    /// Gives the backend the full timeout from now.
+    fn arm(&mut self) {
+        self.deadline = tokio::time::Instant::now() + self.timeout;
+    }
+
+    /// Ready once the deadline has passed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            std::task::ready!(self.timer.as_mut().poll(cx));
+            if tokio::time::Instant::now() >= self.deadline {
+                return Poll::Ready(());
+            }
+            let deadline = self.deadline;
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+
+    /// Sends `request` and waits for the response head, for at most the
+    /// backend timeout counted from when the request's body has been
+    /// handed over (`handed_over` resolves then; `None`: at once). The
+    /// outer error is the timeout, the inner one hyper's, which may give
+    /// the request back unsent.
+    async fn exchange(
+        &mut self,
+        request: Request<Outgoing>,
+        handed_over: &mut Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> Result<Result<Response<Incoming>, TrySendError<Request<Outgoing>>>, ProxyError> {
+        let mut response = std::pin::pin!(self.sender.try_send_request(request));
+        self.arm();
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(response) = response.as_mut().poll(cx) {
+                return Poll::Ready(Ok(response));
+            }
+            if let Some(receiver) = handed_over {
+                // Sent, or dropped with the body: either way it is over.
+                std::task::ready!(Pin::new(receiver).poll(cx)).ok();
+                *handed_over = None;
+                self.arm();
+            }
+            std::task::ready!(self.poll_expired(cx));
+            Poll::Ready(Err(ProxyError::TimedOut(self.timeout)))
+        })
+        .await
+    }
+}
+
+/// A request body on its way to a backend. It says when its last part has
+/// been handed over (by dropping `handed_over`), which is when the wait
+/// for the response head starts: a slow upload is not a slow backend.
+struct Outgoing {
+    body: Incoming,
+    handed_over: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Outgoing {
+    /// Wraps `request`'s body; the receiver resolves once the body is
+    /// handed over, or is `None` when there is no body to wait for.
+    fn wrap(
+        request: Request<Incoming>,
+    ) -> (
+        Request<Outgoing>,
+        Option<tokio::sync::oneshot::Receiver<()>>,
+    ) {
+        let (handed_over, receiver) = if request.body().is_end_stream() {
+            (None, None)
+        } else {
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            (Some(sender), Some(receiver))
+        };
+        let request = request.map(|body| Outgoing { body, handed_over });
+        (request, receiver)
+    }
+}
+
+impl hyper::body::Body for Outgoing {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) || self.body.is_end_stream() {
+            self.handed_over = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A response body holding its upstream connection: at the body's end the
 /// connection goes back to the pool; a body dropped before its end takes
 /// the connection with it (hyper closes it), as its unread rest could not
-/// be told apart from the next response.
+/// be told apart from the next response. A backend that sends nothing
+/// more for the backend timeout cuts the response short.
 struct Leased {
     body: Incoming,
-    lease: Option<(Upstream, SendRequest<Incoming>)>,
+    lease: Option<(Upstream, Conn)>,
 }
 
 impl Leased {
     fn release(&mut self) {
-        if let Some((upstream, sender)) = self.lease.take() {
-            upstream.give_back(sender);
+        if let Some((upstream, conn)) = self.lease.take() {
+            upstream.give_back(conn);
         }
     }
 }
@@ -524,11 +681,19 @@ impl hyper::body::Body for Leased {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => return self.wait(cx),
+        };
         match &frame {
             None => self.release(),
             Some(Ok(_)) if self.body.is_end_stream() => self.release(),
-            Some(Ok(_)) => {}
+            Some(Ok(_)) => {
+                // The next part gets the full timeout again.
+                if let Some((_, conn)) = &mut self.lease {
+                    conn.arm();
+                }
+            }
             Some(Err(_)) => self.lease = None,
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -540,6 +705,27 @@ impl hyper::body::Body for Leased {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Leased {
+    /// The body has nothing ready: waits, for at most the backend timeout.
+    fn wait(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let Some((upstream, conn)) = &mut self.lease else {
+            return Poll::Pending;
+        };
+        std::task::ready!(conn.poll_expired(cx));
+        let timeout = conn.timeout;
+        tracing::warn!(
+            backend = upstream.url(),
+            "the backend sent nothing for {timeout:?}; cutting the response short"
+        );
+        // The connection is mid-response: it goes with the body.
+        self.lease = None;
+        Poll::Ready(Some(Err(ProxyError::TimedOut(timeout).into())))
     }
 }
 

@@ -1,0 +1,206 @@
+//! The gateway's timeouts, against clients and backends that stop halfway:
+//! a client that never finishes its request head, an idle kept-alive
+//! connection, a backend that never answers, one that stops mid-body,
+//! and an upload slower than the backend timeout (which must not count).
+//!
+//! Timers never fire early, so each test also checks that nothing was cut
+//! before its timeout.
+//!
+//! Build the gateway first: `cargo build --example gateway`.
+
+mod support;
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+/// A backend that accepts connections, reads what it is sent, and then
+/// does what `answer` does with the connection after the request head.
+async fn raw_backend<F, Fut>(name: &str, answer: F) -> Backend
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = Arc::clone(&answer);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                answer(stream).await;
+            });
+        }
+    });
+    Backend {
+        name: name.to_owned(),
+        addr,
+        shutdown: None,
+        task: Some(task),
+    }
+}
+
+/// Reads until the peer closes (or `DEADLINE`); returns what came and
+/// whether the peer closed.
+async fn read_to_close(stream: &mut TcpStream) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (got, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_disconnected_after_the_client_timeout() {
+    let backend = Backend::start("b1").await;
+    let gateway = Gateway::start(&[&backend], &["--client-timeout", "1"]).await;
+
+    // Half a request head, and then nothing.
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(gateway.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n")
+        .await
+        .unwrap();
+    let (_, closed) = read_to_close(&mut slow).await;
+    assert!(closed, "a client that never finished its head was kept");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "cut after {:?}, before the 1 s timeout",
+        started.elapsed()
+    );
+
+    // A whole request, answered; then the connection sits idle.
+    let mut idle = TcpStream::connect(gateway.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.windows(3).any(|w| w == b"b1 ") {
+        let n = tokio::time::timeout(DEADLINE, idle.read(&mut buffer))
+            .await
+            .expect("no answer in time")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    let answered = Instant::now();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    let (rest, closed) = read_to_close(&mut idle).await;
+    assert!(closed, "an idle kept-alive connection was kept");
+    assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
+    assert!(answered.elapsed() >= Duration::from_secs(1));
+
+    // Clients that keep up are served as before.
+    let reply = gateway.browser().get("/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_never_answers_gets_504_after_the_backend_timeout() {
+    let silent = raw_backend("silent", |stream| async move {
+        // Holds the connection open and says nothing.
+        let _ = tokio::time::sleep(DEADLINE * 2).await;
+        drop(stream);
+    })
+    .await;
+    let gateway = Gateway::start(&[&silent], &["--backend-timeout", "1"]).await;
+
+    for _ in 0..2 {
+        let started = Instant::now();
+        let reply = gateway.browser().get("/").await;
+        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(reply.body, "the backend did not answer in time\n");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "504 after {:?}, before the 1 s timeout",
+            started.elapsed()
+        );
+    }
+    assert!(
+        gateway
+            .log()
+            .contains("request failed: the backend did not answer in time"),
+        "{}",
+        gateway.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_mid_body_has_its_response_cut_short() {
+    let stalling = raw_backend("stalling", |mut stream| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nten bytes!")
+            .await;
+        let _ = tokio::time::sleep(DEADLINE * 2).await;
+    })
+    .await;
+    let gateway = Gateway::start(&[&stalling], &["--backend-timeout", "1"]).await;
+
+    let started = Instant::now();
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_to_close(&mut client).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(closed, "the client was left waiting: {text:?}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    assert!(text.contains("content-length: 100"), "{text:?}");
+    assert!(text.ends_with("\r\n\r\nten bytes!"), "{text:?}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(
+        gateway.log().contains("cutting the response short"),
+        "{}",
+        gateway.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_slower_than_the_backend_timeout_still_gets_its_answer() {
+    // Answers with the body's length once it has all of it.
+    let app = axum::Router::new()
+        .fallback(|body: axum::body::Bytes| async move { format!("got {} bytes", body.len()) });
+    let backend = Backend::serve("b1", "127.0.0.1:0".parse().unwrap(), app).await;
+    let gateway = Gateway::start(&[&backend], &["--backend-timeout", "1"]).await;
+
+    // Five bytes, 400 ms apart: the upload takes longer than the timeout,
+    // which counts only once it is over.
+    let started = Instant::now();
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    for byte in b"12345" {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if client.write_all(&[*byte]).await.is_err() {
+            // Answered and closed early: the answer below says why.
+            break;
+        }
+    }
+    let (got, closed) = read_to_close(&mut client).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(closed, "{text:?}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(text.ends_with("got 5 bytes"), "{text:?}");
+}
