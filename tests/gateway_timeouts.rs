@@ -1,7 +1,8 @@
 //! The gateway's timeouts, against clients and backends that stop halfway:
-//! a client that never finishes its request head, an idle kept-alive
-//! connection, a backend that never answers, one that stops mid-body,
-//! and an upload slower than the backend timeout (which must not count).
+//! a client that sends nothing or never finishes its request head, an
+//! idle kept-alive connection, a backend that never answers, one that
+//! stops mid-body, and an upload slower than the backend timeout (which
+//! must not count).
 //!
 //! Timers never fire early, so each test also checks that nothing was cut
 //! before its timeout.
@@ -70,19 +71,29 @@ async fn slow_and_idle_clients_are_disconnected_after_the_client_timeout() {
     let backend = Backend::start("b1").await;
     let gateway = Gateway::start(&[&backend], &["--client-timeout", "1"]).await;
 
-    // Half a request head, and then nothing.
+    // Nothing at all, a few bytes of HTTP/2's preface, and half an
+    // HTTP/1.1 request head; then nothing more.
     let started = Instant::now();
-    let mut slow = TcpStream::connect(gateway.addr).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n")
-        .await
-        .unwrap();
-    let (_, closed) = read_to_close(&mut slow).await;
-    assert!(closed, "a client that never finished its head was kept");
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "cut after {:?}, before the 1 s timeout",
-        started.elapsed()
-    );
+    let mut stalled = Vec::new();
+    for sent in [
+        &b""[..],
+        b"PRI * HTTP/2.0",
+        b"GET / HTTP/1.1\r\nHost: test\r\n",
+    ] {
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        stream.write_all(sent).await.unwrap();
+        stalled.push((sent, stream));
+    }
+    for (sent, mut stream) in stalled {
+        let (_, closed) = read_to_close(&mut stream).await;
+        let sent = String::from_utf8_lossy(sent);
+        assert!(closed, "a client that sent {sent:?} was kept");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "cut after {:?}, before the 1 s timeout",
+            started.elapsed()
+        );
+    }
 
     // A whole request, answered; then the connection sits idle.
     let mut idle = TcpStream::connect(gateway.addr).await.unwrap();

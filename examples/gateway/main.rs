@@ -17,11 +17,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
 mod cli;
+mod client;
 mod demo;
 mod proxy;
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::net::SocketAddr;
+use std::task::Poll;
 use std::time::Duration;
 
 use clap::Parser;
@@ -319,12 +322,34 @@ async fn serve(
             let call = sticky.clone().oneshot(request);
             async move { Ok::<_, Infallible>(call.await.unwrap_or_else(error_response)) }
         });
+        let (stream, known) = client::ClientStream::new(stream);
         let connection = server
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = watcher.watch(connection);
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            // hyper times request heads only once it knows the protocol:
+            // until then the client timeout is kept here.
+            let mut deadline = Some(Box::pin(tokio::time::sleep(client_timeout)));
+            let ended = std::future::poll_fn(|cx| {
+                if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Some(ended));
+                }
+                if known.load(std::sync::atomic::Ordering::Acquire) {
+                    deadline = None;
+                }
+                match &mut deadline {
+                    Some(timer) => timer.as_mut().poll(cx).map(|()| None),
+                    None => Poll::Pending,
+                }
+            })
+            .await;
+            let Some(ended) = ended else {
+                tracing::debug!("client sent no request in time; connection closed");
+                return;
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%error, "client connection ended");
             }
         });
