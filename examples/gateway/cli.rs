@@ -90,10 +90,11 @@ pub struct Args {
     #[arg(long)]
     pub preserve_host: bool,
 
-    /// Longest wait for a client's request head, in seconds: from the
-    /// connection's start, or from the end of the previous response on a
-    /// kept-alive HTTP/1.1 connection. A client that takes longer, or
-    /// leaves the connection idle that long, is disconnected.
+    /// Longest wait for a client, in seconds: for a new connection's
+    /// first bytes, then for each whole request head (timed from those
+    /// bytes, or from the end of the previous response on a kept-alive
+    /// HTTP/1.1 connection). A client that takes longer, or leaves the
+    /// connection idle that long, is disconnected.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub client_timeout: u64,
 

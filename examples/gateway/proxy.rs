@@ -671,6 +671,25 @@ impl Leased {
             upstream.give_back(conn);
         }
     }
+
+    /// The body has nothing ready: waits, for at most the backend timeout.
+    fn wait(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let Some((upstream, conn)) = &mut self.lease else {
+            return Poll::Pending;
+        };
+        std::task::ready!(conn.poll_expired(cx));
+        let timeout = conn.timeout;
+        tracing::warn!(
+            backend = upstream.url(),
+            "the backend sent nothing for {timeout:?}; cutting the response short"
+        );
+        // The connection is mid-response: it goes with the body.
+        self.lease = None;
+        Poll::Ready(Some(Err(ProxyError::TimedOut(timeout).into())))
+    }
 }
 
 impl hyper::body::Body for Leased {
@@ -705,27 +724,6 @@ impl hyper::body::Body for Leased {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
-    }
-}
-
-impl Leased {
-    /// The body has nothing ready: waits, for at most the backend timeout.
-    fn wait(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        let Some((upstream, conn)) = &mut self.lease else {
-            return Poll::Pending;
-        };
-        std::task::ready!(conn.poll_expired(cx));
-        let timeout = conn.timeout;
-        tracing::warn!(
-            backend = upstream.url(),
-            "the backend sent nothing for {timeout:?}; cutting the response short"
-        );
-        // The connection is mid-response: it goes with the body.
-        self.lease = None;
-        Poll::Ready(Some(Err(ProxyError::TimedOut(timeout).into())))
     }
 }
 
