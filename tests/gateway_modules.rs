@@ -1,4 +1,4 @@
-//! The gateway modules' own tests (admin API, proxying, client sockets),
+//! The gateway modules' own tests (admin API, proxying, client timeout),
 //! run here because examples are not test targets: `test = true` would
 //! make `cargo test` build the gateway only as a test harness, not the
 //! binary the other gateway tests run.

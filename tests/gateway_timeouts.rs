@@ -1,8 +1,9 @@
 //! The gateway's timeouts, against clients and backends that stop halfway:
 //! a client that sends nothing or never finishes its request head, an
-//! idle kept-alive connection, a backend that never answers, one that
-//! stops mid-body, and an upload slower than the backend timeout (which
-//! must not count).
+//! idle kept-alive connection (HTTP/1.1 or HTTP/2), a backend that never
+//! answers, one that stops mid-body; and requests in progress for longer
+//! than a timeout that must not count against them: an upload, and a
+//! backend slower than the client timeout.
 //!
 //! Timers never fire early, so each test also checks that nothing was cut
 //! before its timeout.
@@ -71,14 +72,16 @@ async fn slow_and_idle_clients_are_disconnected_after_the_client_timeout() {
     let backend = Backend::start("b1").await;
     let gateway = Gateway::start(&[&backend], &["--client-timeout", "1"]).await;
 
-    // Nothing at all, a few bytes of HTTP/2's preface, and half an
-    // HTTP/1.1 request head; then nothing more.
+    // Nothing at all, a few bytes of HTTP/2's preface, half an HTTP/1.1
+    // request head, and a whole HTTP/2 preface with the client's (empty)
+    // SETTINGS frame; then nothing more.
     let started = Instant::now();
     let mut stalled = Vec::new();
     for sent in [
         &b""[..],
         b"PRI * HTTP/2.0",
         b"GET / HTTP/1.1\r\nHost: test\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
     ] {
         let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
         stream.write_all(sent).await.unwrap();
@@ -143,13 +146,13 @@ async fn a_backend_that_never_answers_gets_504_after_the_backend_timeout() {
             started.elapsed()
         );
     }
-    assert!(
+    // The log comes through a pipe: it may lag the answer a little.
+    wait_until("the 504 in the log", || async {
         gateway
             .log()
-            .contains("request failed: the backend did not answer in time"),
-        "{}",
-        gateway.log()
-    );
+            .contains("request failed: the backend did not answer in time")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,11 +179,11 @@ async fn a_backend_that_stops_mid_body_has_its_response_cut_short() {
     assert!(text.contains("content-length: 100"), "{text:?}");
     assert!(text.ends_with("\r\n\r\nten bytes!"), "{text:?}");
     assert!(started.elapsed() >= Duration::from_secs(1));
-    assert!(
-        gateway.log().contains("cutting the response short"),
-        "{}",
-        gateway.log()
-    );
+    // Written as the response is cut, so it may lag the close a little.
+    wait_until("the cut in the log", || async {
+        gateway.log().contains("cutting the response short")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,10 +192,15 @@ async fn an_upload_slower_than_the_backend_timeout_still_gets_its_answer() {
     let app = axum::Router::new()
         .fallback(|body: axum::body::Bytes| async move { format!("got {} bytes", body.len()) });
     let backend = Backend::serve("b1", "127.0.0.1:0".parse().unwrap(), app).await;
-    let gateway = Gateway::start(&[&backend], &["--backend-timeout", "1"]).await;
+    let gateway = Gateway::start(
+        &[&backend],
+        &["--backend-timeout", "1", "--client-timeout", "1"],
+    )
+    .await;
 
-    // Five bytes, 400 ms apart: the upload takes longer than the timeout,
-    // which counts only once it is over.
+    // Five bytes, 400 ms apart: the upload takes longer than either
+    // timeout. The backend's counts only once it is over, the client's not
+    // at all once the request head is in.
     let started = Instant::now();
     let mut client = TcpStream::connect(gateway.addr).await.unwrap();
     client
@@ -214,4 +222,59 @@ async fn an_upload_slower_than_the_backend_timeout_still_gets_its_answer() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(text.ends_with("got 5 bytes"), "{text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_slower_than_the_client_timeout_still_gets_its_answer_through() {
+    let app = axum::Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        "slow answer"
+    });
+    let backend = Backend::serve("b1", "127.0.0.1:0".parse().unwrap(), app).await;
+    let gateway = Gateway::start(&[&backend], &["--client-timeout", "1"]).await;
+
+    let started = Instant::now();
+    let reply = gateway.browser().get("/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "slow answer");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_websocket_outlives_both_timeouts() {
+    use tokio_tungstenite::tungstenite;
+
+    let backend = Backend::start("b1").await;
+    let gateway = Gateway::start(
+        &[&backend],
+        &["--client-timeout", "1", "--backend-timeout", "1"],
+    )
+    .await;
+    let addr = gateway.addr;
+    // tungstenite's blocking client on the blocking pool, as in
+    // gateway_e2e.rs, with socket timeouts as bounds.
+    let echoes = tokio::task::spawn_blocking(move || {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_write_timeout(Some(DEADLINE)).unwrap();
+        let (mut socket, _) = tungstenite::client(format!("ws://{addr}/ws"), stream)
+            .unwrap_or_else(|e| panic!("WebSocket handshake: {e}"));
+        let mut echoes = Vec::new();
+        for word in ["before", "after"] {
+            socket.send(tungstenite::Message::text(word)).unwrap();
+            loop {
+                match socket.read() {
+                    Ok(tungstenite::Message::Text(text)) => break echoes.push(text.to_string()),
+                    Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_)) => {}
+                    other => panic!("after {echoes:?}: {other:?}"),
+                }
+            }
+            // Quiet for longer than either timeout.
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        echoes
+    })
+    .await
+    .unwrap();
+    assert_eq!(echoes, ["b1: before", "b1: after"]);
 }

@@ -90,11 +90,11 @@ pub struct Args {
     #[arg(long)]
     pub preserve_host: bool,
 
-    /// Longest wait for a client, in seconds: for a new connection's
-    /// first bytes, then for each whole request head (timed from those
-    /// bytes, or from the end of the previous response on a kept-alive
-    /// HTTP/1.1 connection). A client that takes longer, or leaves the
-    /// connection idle that long, is disconnected.
+    /// Longest time, in seconds, a client connection may go with no
+    /// request in progress: from its start, and from the end of each
+    /// response, until the next request head is in (HTTP/1.1 and HTTP/2
+    /// alike). Past it the client is disconnected. Does not count while a
+    /// request is being uploaded, answered or streamed.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub client_timeout: u64,
 

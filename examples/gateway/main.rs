@@ -30,7 +30,7 @@ use std::time::Duration;
 use clap::Parser;
 use http::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tower::{Layer, ServiceExt};
@@ -291,18 +291,16 @@ fn worker(
 }
 
 /// A worker's loop: serves each connection it is handed, on this thread.
-/// A client gets `client_timeout` for each request head.
+/// A client connection idle for `client_timeout` is closed.
 async fn serve(
     sticky: Sticky<Upstream>,
     client_timeout: Duration,
     mut accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
 ) {
     let mut server = auto::Builder::new(TokioExecutor::new());
-    server
-        .http1()
-        .writev(false)
-        .timer(TokioTimer::new())
-        .header_read_timeout(client_timeout);
+    // The client timeout is kept by each connection's task (see the client
+    // module), not by hyper's header timer.
+    server.http1().writev(false).header_read_timeout(None);
     while let Some(Accepted {
         stream,
         peer,
@@ -317,36 +315,33 @@ async fn serve(
             }
         };
         let sticky = sticky.clone();
+        let activity = client::Activity::new();
+        let requests = std::sync::Arc::clone(&activity);
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            let in_progress = requests.begin();
             request.extensions_mut().insert(peer);
             let call = sticky.clone().oneshot(request);
-            async move { Ok::<_, Infallible>(call.await.unwrap_or_else(error_response)) }
+            async move {
+                let response = call.await.unwrap_or_else(error_response);
+                Ok::<_, Infallible>(response.map(|body| client::Tracked::new(body, in_progress)))
+            }
         });
-        let (stream, known) = client::ClientStream::new(stream);
         let connection = server
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = watcher.watch(connection);
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
-            // hyper times request heads only once it knows the protocol:
-            // until then the client timeout is kept here.
-            let mut deadline = Some(Box::pin(tokio::time::sleep(client_timeout)));
+            let mut idle = client::IdleTimer::new(activity, client_timeout);
             let ended = std::future::poll_fn(|cx| {
                 if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
                     return Poll::Ready(Some(ended));
                 }
-                if known.load(std::sync::atomic::Ordering::Acquire) {
-                    deadline = None;
-                }
-                match &mut deadline {
-                    Some(timer) => timer.as_mut().poll(cx).map(|()| None),
-                    None => Poll::Pending,
-                }
+                idle.poll_expired(cx).map(|()| None)
             })
             .await;
             let Some(ended) = ended else {
-                tracing::debug!("client sent no request in time; connection closed");
+                tracing::debug!("client connection idle too long; closed");
                 return;
             };
             if let Err(error) = ended {
