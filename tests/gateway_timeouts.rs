@@ -1,9 +1,10 @@
 //! The gateway's timeouts, against clients and backends that stop halfway:
 //! a client that sends nothing or never finishes its request head, an
-//! idle kept-alive connection (HTTP/1.1 or HTTP/2), a backend that never
-//! answers, one that stops mid-body; and requests in progress for longer
-//! than a timeout that must not count against them: an upload, and a
-//! backend slower than the client timeout.
+//! idle kept-alive connection (HTTP/1.1 or HTTP/2), a client that stops
+//! reading its response, a backend that never answers, one that stops
+//! mid-body; and requests in progress for longer than a timeout that must
+//! not count against them: an upload, a backend slower than the client
+//! timeout, a slow but steady reader and a quiet WebSocket.
 //!
 //! Timers never fire early, so each test also checks that nothing was cut
 //! before its timeout.
@@ -277,4 +278,79 @@ async fn a_quiet_websocket_outlives_both_timeouts() {
     .await
     .unwrap();
     assert_eq!(echoes, ["b1: before", "b1: after"]);
+}
+
+/// A backend whose every answer is `size` bytes: more than the sockets
+/// between it and a client can hold.
+async fn big_backend(size: usize) -> Backend {
+    let app = axum::Router::new().fallback(move || async move { vec![b'x'; size] });
+    Backend::serve("big", "127.0.0.1:0".parse().unwrap(), app).await
+}
+
+const BIG: usize = 64 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_after_the_client_timeout() {
+    let backend = big_backend(BIG).await;
+    let gateway = Gateway::start(&[&backend], &["--client-timeout", "1"]).await;
+
+    let started = Instant::now();
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    // Takes nothing for longer than the timeout, then reads what is left.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (got, closed) = read_to_close(&mut client).await;
+    assert!(closed, "the connection was kept");
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        got.len() < BIG,
+        "the whole response came through ({} bytes)",
+        got.len()
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    // Clients that keep up are served as before.
+    let reply = gateway.browser().get("/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.len(), BIG);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_reader_gets_the_whole_response() {
+    const SIZE: usize = 16 << 20;
+    let backend = big_backend(SIZE).await;
+    let gateway = Gateway::start(&[&backend], &["--client-timeout", "1"]).await;
+
+    // A mebibyte at a time, 200 ms apart: well over the timeout in all,
+    // but never a second without taking some.
+    let started = Instant::now();
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut next_pause = 1 << 20;
+    loop {
+        let n = tokio::time::timeout(DEADLINE, client.read(&mut buffer))
+            .await
+            .expect("stuck")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buffer[..n]);
+        if got.len() >= next_pause {
+            next_pause += 1 << 20;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    let body = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(got.len() - body, SIZE, "cut short");
+    assert!(started.elapsed() >= Duration::from_secs(2));
 }

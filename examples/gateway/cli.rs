@@ -91,10 +91,11 @@ pub struct Args {
     pub preserve_host: bool,
 
     /// Longest time, in seconds, a client connection may go with no
-    /// request in progress: from its start, and from the end of each
-    /// response, until the next request head is in (HTTP/1.1 and HTTP/2
-    /// alike). Past it the client is disconnected. Does not count while a
-    /// request is being uploaded, answered or streamed.
+    /// request in progress (from its start, and from the end of each
+    /// response, until the next request head is in; HTTP/1.1 and HTTP/2
+    /// alike), or without taking any of a response written to it. Past it
+    /// the client is disconnected. A slow upload, a slow backend and a
+    /// slow but steady reader are not cut.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub client_timeout: u64,
 

@@ -1,5 +1,6 @@
 //! The client timeout: how long a client connection may stay open with no
-//! request in progress.
+//! request in progress, or with its response stuck because the client
+//! does not read it.
 //!
 //! A connection is idle from its start, and from the end of each response,
 //! until the head of its next request is in. The worker closes a connection
@@ -7,18 +8,24 @@
 //! of a request head (or of HTTP/2's preface), or nothing more after its
 //! last answer. This holds for HTTP/1.1 and HTTP/2 alike; an HTTP/2
 //! connection is idle while it has no request open. While a request is in
-//! progress the client timeout does not count: a slow upload or a long
-//! response is not idleness, and a backend slow to answer is the backend
-//! timeout's business.
+//! progress, being idle does not count: a slow upload or a long response
+//! is not idleness, and a backend slow to answer is the backend timeout's
+//! business. What does count is a client that takes nothing of what is
+//! written to it for the timeout: its connection is closed too, so a
+//! client that stops reading cannot hold the response, and the backend
+//! connection behind it, for ever. A slow reader that keeps taking some of
+//! it is served to the end.
 //!
 //! hyper's own header timer is not used: it starts only once hyper has
 //! told HTTP/1.1 from HTTP/2, so it would miss a client that sends nothing,
 //! it does not cover HTTP/2, and it costs a timer set and cleared for every
 //! request. Here a request costs a few atomic operations (a count up and
-//! down, a reference taken and dropped) and a clock read, and a connection
-//! has one timer, moved on only when it fires early.
+//! down, a reference taken and dropped) and a clock read, a write one
+//! atomic load, and a connection has one timer, moved on only when it
+//! fires early.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,15 +34,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// What a client connection is doing: how many of its requests are in
-/// progress, and since when it has had none.
+/// progress, since when it has had none, and since when a write to it has
+/// been waiting.
 pub struct Activity {
     opened: Instant,
     in_progress: AtomicUsize,
     /// Nanoseconds from `opened` to the end of the last response.
     idle_since: AtomicU64,
+    /// Nanoseconds from `opened` to when the client stopped taking what is
+    /// written to it, plus one; 0 while it takes it.
+    stalled_since: AtomicU64,
 }
 
 impl Activity {
@@ -45,7 +58,13 @@ impl Activity {
             opened: Instant::now(),
             in_progress: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            stalled_since: AtomicU64::new(0),
         })
+    }
+
+    /// Nanoseconds since the connection opened.
+    fn now(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Marks a request, whose head is in, as in progress until the guard
@@ -55,14 +74,38 @@ impl Activity {
         InProgress(Arc::clone(self))
     }
 
-    /// When the connection will have been idle for `timeout`; `None` while
-    /// a request is in progress.
-    pub fn idle_until(&self, timeout: Duration) -> Option<Instant> {
+    /// When the connection's client timeout runs out: `timeout` after it
+    /// went idle or, with a request in progress, after its client stopped
+    /// taking what is written to it; `None` while neither.
+    pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
         if self.in_progress.load(Ordering::Acquire) > 0 {
-            return None;
+            return self.stalled_until(timeout);
         }
         let idle_since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
         Some(self.opened + idle_since + timeout)
+    }
+
+    /// A write has to wait for the client: a stall starts, if none is
+    /// under way.
+    fn stalled(&self) {
+        if self.stalled_since.load(Ordering::Relaxed) == 0 {
+            self.stalled_since.store(self.now() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The client took something written to it: no stall.
+    fn unstalled(&self) {
+        if self.stalled_since.load(Ordering::Relaxed) != 0 {
+            self.stalled_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// When a write that is waiting on the client runs out of `timeout`.
+    fn stalled_until(&self, timeout: Duration) -> Option<Instant> {
+        match self.stalled_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(self.opened + Duration::from_nanos(since - 1) + timeout),
+        }
     }
 }
 
@@ -72,11 +115,9 @@ pub struct InProgress(Arc<Activity>);
 impl Drop for InProgress {
     fn drop(&mut self) {
         let activity = &self.0;
-        let since_opened = activity.opened.elapsed().as_nanos();
-        let since_opened = u64::try_from(since_opened).unwrap_or(u64::MAX);
         activity
             .idle_since
-            .fetch_max(since_opened, Ordering::Relaxed);
+            .fetch_max(activity.now(), Ordering::Relaxed);
         activity.in_progress.fetch_sub(1, Ordering::Release);
     }
 }
@@ -122,9 +163,76 @@ where
     }
 }
 
+/// A client's socket that notes in its connection's [`Activity`] when a
+/// write has to wait for the client, and when the client takes some again.
+pub struct ClientStream {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl ClientStream {
+    /// Wraps `stream`, whose connection `activity` follows.
+    pub fn new(stream: TcpStream, activity: Arc<Activity>) -> ClientStream {
+        ClientStream { stream, activity }
+    }
+
+    /// Notes how a write went.
+    fn wrote<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Pending => self.activity.stalled(),
+            Poll::Ready(_) => self.activity.unstalled(),
+        }
+        poll
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.wrote(poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.wrote(poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 /// A connection's client timeout, polled by the task that drives the
 /// connection.
-pub struct IdleTimer {
+pub struct ClientTimer {
     activity: Arc<Activity>,
     timeout: Duration,
     timer: Pin<Box<Sleep>>,
@@ -133,11 +241,11 @@ pub struct IdleTimer {
     armed: bool,
 }
 
-impl IdleTimer {
-    /// Times the connection whose requests `activity` follows.
-    pub fn new(activity: Arc<Activity>, timeout: Duration) -> IdleTimer {
+impl ClientTimer {
+    /// Times the connection that `activity` follows.
+    pub fn new(activity: Arc<Activity>, timeout: Duration) -> ClientTimer {
         let first = activity.opened + timeout;
-        IdleTimer {
+        ClientTimer {
             activity,
             timeout,
             timer: Box::pin(tokio::time::sleep_until(first)),
@@ -145,21 +253,29 @@ impl IdleTimer {
         }
     }
 
-    /// Ready once the connection has been idle for the timeout. Between
-    /// firings of the timer this is a single check, so the task may call
-    /// it each time it is woken.
+    /// Ready once the connection's client timeout has run out. Between
+    /// firings of the timer this is a check or two, so the task may call it
+    /// each time it is woken.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // An armed timer wakes this task when it fires; the task's waker
-        // does not change, so there is nothing to do before then.
+        // does not change, so there is nothing to do before then, unless a
+        // write has stalled since and brings the deadline forward.
         if self.armed && !self.timer.is_elapsed() {
-            return Poll::Pending;
+            let sooner = self
+                .activity
+                .stalled_until(self.timeout)
+                .is_some_and(|until| until < self.timer.deadline());
+            if !sooner {
+                return Poll::Pending;
+            }
         }
         loop {
             let now = Instant::now();
-            let deadline = match self.activity.idle_until(self.timeout) {
+            let deadline = match self.activity.deadline(self.timeout) {
                 Some(deadline) if deadline <= now => return Poll::Ready(()),
                 Some(deadline) => deadline,
-                // Busy: look again a timeout from now.
+                // Busy, and the client takes what it is sent: look again
+                // a timeout from now.
                 None => now + self.timeout,
             };
             if deadline != self.timer.deadline() {
@@ -185,10 +301,7 @@ mod tests {
     #[test]
     fn a_new_connection_is_idle_from_its_start() {
         let activity = Activity::new();
-        assert_eq!(
-            activity.idle_until(TIMEOUT),
-            Some(activity.opened + TIMEOUT)
-        );
+        assert_eq!(activity.deadline(TIMEOUT), Some(activity.opened + TIMEOUT));
     }
 
     #[test]
@@ -196,14 +309,32 @@ mod tests {
         let activity = Activity::new();
         let first = activity.begin();
         let second = activity.begin();
-        assert_eq!(activity.idle_until(TIMEOUT), None);
+        assert_eq!(activity.deadline(TIMEOUT), None);
         drop(first);
-        assert_eq!(activity.idle_until(TIMEOUT), None, "one still open");
+        assert_eq!(activity.deadline(TIMEOUT), None, "one still open");
         std::thread::sleep(Duration::from_millis(5));
         drop(second);
-        let until = activity.idle_until(TIMEOUT).expect("idle again");
+        let until = activity.deadline(TIMEOUT).expect("idle again");
         assert!(until >= activity.opened + Duration::from_millis(5) + TIMEOUT);
         assert!(until <= Instant::now() + TIMEOUT);
+    }
+
+    #[test]
+    fn a_client_that_stops_taking_its_response_is_timed_from_then() {
+        let activity = Activity::new();
+        let request = activity.begin();
+        std::thread::sleep(Duration::from_millis(5));
+        activity.stalled();
+        let until = activity.deadline(TIMEOUT).expect("stalled");
+        assert!(until >= activity.opened + Duration::from_millis(5) + TIMEOUT);
+        assert!(until <= Instant::now() + TIMEOUT);
+        std::thread::sleep(Duration::from_millis(5));
+        activity.stalled();
+        assert_eq!(activity.deadline(TIMEOUT), Some(until), "still the first");
+        activity.unstalled();
+        assert_eq!(activity.deadline(TIMEOUT), None, "taking it again");
+        drop(request);
+        assert!(activity.deadline(TIMEOUT).is_some(), "idle");
     }
 
     #[test]
@@ -211,8 +342,8 @@ mod tests {
         let activity = Activity::new();
         let body = Tracked::new(String::from("answer"), activity.begin());
         assert_eq!(body.size_hint().exact(), Some(6));
-        assert_eq!(activity.idle_until(TIMEOUT), None);
+        assert_eq!(activity.deadline(TIMEOUT), None);
         drop(body);
-        assert!(activity.idle_until(TIMEOUT).is_some());
+        assert!(activity.deadline(TIMEOUT).is_some());
     }
 }

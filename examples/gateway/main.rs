@@ -291,7 +291,8 @@ fn worker(
 }
 
 /// A worker's loop: serves each connection it is handed, on this thread.
-/// A client connection idle for `client_timeout` is closed.
+/// A client connection idle for `client_timeout`, or not taking its
+/// response for that long, is closed.
 async fn serve(
     sticky: Sticky<Upstream>,
     client_timeout: Duration,
@@ -326,22 +327,23 @@ async fn serve(
                 Ok::<_, Infallible>(response.map(|body| client::Tracked::new(body, in_progress)))
             }
         });
+        let stream = client::ClientStream::new(stream, std::sync::Arc::clone(&activity));
         let connection = server
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = watcher.watch(connection);
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
-            let mut idle = client::IdleTimer::new(activity, client_timeout);
+            let mut timer = client::ClientTimer::new(activity, client_timeout);
             let ended = std::future::poll_fn(|cx| {
                 if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
                     return Poll::Ready(Some(ended));
                 }
-                idle.poll_expired(cx).map(|()| None)
+                timer.poll_expired(cx).map(|()| None)
             })
             .await;
             let Some(ended) = ended else {
-                tracing::debug!("client connection idle too long; closed");
+                tracing::debug!("client connection idle, or not reading, too long; closed");
                 return;
             };
             if let Err(error) = ended {
