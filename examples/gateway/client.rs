@@ -89,7 +89,8 @@ impl Activity {
     /// under way.
     fn stalled(&self) {
         if self.stalled_since.load(Ordering::Relaxed) == 0 {
-            self.stalled_since.store(self.now() + 1, Ordering::Relaxed);
+            self.stalled_since
+                .store(self.now().saturating_add(1), Ordering::Relaxed);
         }
     }
 
