@@ -1,8 +1,8 @@
 //! The gateway's timeouts, against clients and backends that stop halfway:
 //! a client that sends nothing or never finishes its request head, an
 //! idle kept-alive connection (HTTP/1.1 or HTTP/2), a client that stops
-//! reading its response, a backend that never answers, one that stops
-//! mid-body; and requests in progress for longer than a timeout that must
+//! sending its request body or reading its response, a backend that never
+//! answers, one that stops mid-body; and requests in progress for longer than a timeout that must
 //! not count against them: an upload, a backend slower than the client
 //! timeout, a slow but steady reader and a quiet WebSocket.
 //!
@@ -188,7 +188,7 @@ async fn a_backend_that_stops_mid_body_has_its_response_cut_short() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_slower_than_the_backend_timeout_still_gets_its_answer() {
+async fn an_upload_slower_than_either_timeout_still_gets_its_answer() {
     // Answers with the body's length once it has all of it.
     let app = axum::Router::new()
         .fallback(|body: axum::body::Bytes| async move { format!("got {} bytes", body.len()) });
@@ -353,4 +353,29 @@ async fn a_slow_but_steady_reader_gets_the_whole_response() {
     let body = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert_eq!(got.len() - body, SIZE, "cut short");
     assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_sending_its_body_is_disconnected_after_the_client_timeout() {
+    // Answers once it has the whole body; it never will.
+    let app = axum::Router::new()
+        .fallback(|body: axum::body::Bytes| async move { format!("got {} bytes", body.len()) });
+    let backend = Backend::serve("b1", "127.0.0.1:0".parse().unwrap(), app).await;
+    let gateway = Gateway::start(&[&backend], &["--client-timeout", "1"]).await;
+
+    let started = Instant::now();
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nten bytes!")
+        .await
+        .unwrap();
+    let (got, closed) = read_to_close(&mut client).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(closed, "the connection was kept: {text:?}");
+    assert!(!text.contains("got "), "{text:?}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    // Clients that keep up are served as before.
+    let reply = gateway.browser().get("/").await;
+    assert_eq!(reply.status, StatusCode::OK);
 }

@@ -93,9 +93,10 @@ pub struct Args {
     /// Longest time, in seconds, a client connection may go with no
     /// request in progress (from its start, and from the end of each
     /// response, until the next request head is in; HTTP/1.1 and HTTP/2
-    /// alike), or without taking any of a response written to it. Past it
-    /// the client is disconnected. A slow upload, a slow backend and a
-    /// slow but steady reader are not cut.
+    /// alike), or keep the gateway waiting for more of a request body or
+    /// for room to write a response. Past it the client is disconnected.
+    /// A slow but steady upload or reader, and a slow backend, are not
+    /// cut.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub client_timeout: u64,
 

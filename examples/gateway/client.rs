@@ -1,6 +1,6 @@
 //! The client timeout: how long a client connection may stay open with no
-//! request in progress, or with its response stuck because the client
-//! does not read it.
+//! request in progress, or with a request stuck on the client: its body no
+//! longer coming, or its response no longer read.
 //!
 //! A connection is idle from its start, and from the end of each response,
 //! until the head of its next request is in. The worker closes a connection
@@ -10,19 +10,20 @@
 //! connection is idle while it has no request open. While a request is in
 //! progress, being idle does not count: a slow upload or a long response
 //! is not idleness, and a backend slow to answer is the backend timeout's
-//! business. What does count is a client that takes nothing of what is
-//! written to it for the timeout: its connection is closed too, so a
-//! client that stops reading cannot hold the response, and the backend
-//! connection behind it, for ever. A slow reader that keeps taking some of
-//! it is served to the end.
+//! business. What does count is a client that keeps the gateway waiting
+//! for the timeout: for more of a request body that has stopped coming, or
+//! for room to write a response it has stopped reading. Its connection is
+//! closed too, so that such a client cannot hold the request, and the
+//! backend connection behind it, for ever. A slow client that keeps
+//! sending or reading something is served to the end.
 //!
 //! hyper's own header timer is not used: it starts only once hyper has
 //! told HTTP/1.1 from HTTP/2, so it would miss a client that sends nothing,
 //! it does not cover HTTP/2, and it costs a timer set and cleared for every
 //! request. Here a request costs a few atomic operations (a count up and
-//! down, a reference taken and dropped) and a clock read, a write one
-//! atomic load, and a connection has one timer, moved on only when it
-//! fires early.
+//! down, a reference taken and dropped) and a clock read, a write or a
+//! part of a request body an atomic load, and a connection has one timer,
+//! moved on only when it fires early.
 
 use std::future::Future;
 use std::io;
@@ -39,16 +40,17 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// What a client connection is doing: how many of its requests are in
-/// progress, since when it has had none, and since when a write to it has
-/// been waiting.
+/// progress, since when it has had none, and since when the gateway has
+/// been waiting on the client, if it is.
 pub struct Activity {
     opened: Instant,
     in_progress: AtomicUsize,
     /// Nanoseconds from `opened` to the end of the last response.
     idle_since: AtomicU64,
-    /// Nanoseconds from `opened` to when the client stopped taking what is
-    /// written to it, plus one; 0 while it takes it.
-    stalled_since: AtomicU64,
+    /// Since when a write to the client has been waiting for room.
+    writing: Stall,
+    /// Since when a request body has been waiting for more from the client.
+    uploading: Stall,
 }
 
 impl Activity {
@@ -58,7 +60,8 @@ impl Activity {
             opened: Instant::now(),
             in_progress: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
-            stalled_since: AtomicU64::new(0),
+            writing: Stall::default(),
+            uploading: Stall::default(),
         })
     }
 
@@ -75,8 +78,8 @@ impl Activity {
     }
 
     /// When the connection's client timeout runs out: `timeout` after it
-    /// went idle or, with a request in progress, after its client stopped
-    /// taking what is written to it; `None` while neither.
+    /// went idle or, with a request in progress, after the gateway started
+    /// waiting on the client; `None` while neither.
     pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
         if self.in_progress.load(Ordering::Acquire) > 0 {
             return self.stalled_until(timeout);
@@ -85,27 +88,42 @@ impl Activity {
         Some(self.opened + idle_since + timeout)
     }
 
-    /// A write has to wait for the client: a stall starts, if none is
-    /// under way.
-    fn stalled(&self) {
-        if self.stalled_since.load(Ordering::Relaxed) == 0 {
-            self.stalled_since
-                .store(self.now().saturating_add(1), Ordering::Relaxed);
-        }
-    }
-
-    /// The client took something written to it: no stall.
-    fn unstalled(&self) {
-        if self.stalled_since.load(Ordering::Relaxed) != 0 {
-            self.stalled_since.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// When a write that is waiting on the client runs out of `timeout`.
+    /// When a wait on the client runs out of `timeout`.
     fn stalled_until(&self, timeout: Duration) -> Option<Instant> {
-        match self.stalled_since.load(Ordering::Relaxed) {
+        let since = match (self.writing.since(), self.uploading.since()) {
+            (Some(writing), Some(uploading)) => writing.min(uploading),
+            (since, None) | (None, since) => since?,
+        };
+        Some(self.opened + since + timeout)
+    }
+}
+
+/// A wait on the client: nanoseconds from the connection's opening to
+/// when it started, plus one; 0 while there is none.
+#[derive(Default)]
+struct Stall(AtomicU64);
+
+impl Stall {
+    /// The gateway has to wait: a stall starts, if none is under way.
+    fn start(&self, activity: &Activity) {
+        if self.0.load(Ordering::Relaxed) == 0 {
+            self.0
+                .store(activity.now().saturating_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// The client moved: no stall.
+    fn end(&self) {
+        if self.0.load(Ordering::Relaxed) != 0 {
+            self.0.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How long after the connection's opening the stall started.
+    fn since(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
             0 => None,
-            since => Some(self.opened + Duration::from_nanos(since - 1) + timeout),
+            since => Some(Duration::from_nanos(since - 1)),
         }
     }
 }
@@ -164,6 +182,37 @@ where
     }
 }
 
+/// A request body on its way in, for the client timeout: whoever reads
+/// the body says when it has to wait for more and when more came. Carried
+/// to the reader in the request's extensions.
+#[derive(Clone)]
+pub struct Upload(Arc<Activity>);
+
+impl Upload {
+    /// The body of a request on the connection `activity` follows.
+    pub fn new(activity: &Arc<Activity>) -> Upload {
+        Upload(Arc::clone(activity))
+    }
+
+    /// The body has nothing more yet: a wait on the client starts, if none
+    /// is under way.
+    pub fn waiting(&self) {
+        self.0.uploading.start(&self.0);
+    }
+
+    /// Some of the body came, or its end.
+    pub fn got(&self) {
+        self.0.uploading.end();
+    }
+}
+
+/// A body no longer read is not waited for.
+impl Drop for Upload {
+    fn drop(&mut self) {
+        self.got();
+    }
+}
+
 /// A client's socket that notes in its connection's [`Activity`] when a
 /// write has to wait for the client, and when the client takes some again.
 pub struct ClientStream {
@@ -180,8 +229,8 @@ impl ClientStream {
     /// Notes how a write went.
     fn wrote<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match poll {
-            Poll::Pending => self.activity.stalled(),
-            Poll::Ready(_) => self.activity.unstalled(),
+            Poll::Pending => self.activity.writing.start(&self.activity),
+            Poll::Ready(_) => self.activity.writing.end(),
         }
         poll
     }
@@ -255,20 +304,16 @@ impl ClientTimer {
     }
 
     /// Ready once the connection's client timeout has run out. Between
-    /// firings of the timer this is a check or two, so the task may call it
+    /// firings of the timer this is a single check, so the task may call it
     /// each time it is woken.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // An armed timer wakes this task when it fires; the task's waker
-        // does not change, so there is nothing to do before then, unless a
-        // write has stalled since and brings the deadline forward.
+        // does not change, so there is nothing to do before then. Nothing
+        // can bring the deadline forward: whatever happens after the timer
+        // is armed (a request ending, a wait on the client starting) runs
+        // a full timeout from then.
         if self.armed && !self.timer.is_elapsed() {
-            let sooner = self
-                .activity
-                .stalled_until(self.timeout)
-                .is_some_and(|until| until < self.timer.deadline());
-            if !sooner {
-                return Poll::Pending;
-            }
+            return Poll::Pending;
         }
         loop {
             let now = Instant::now();
@@ -325,17 +370,38 @@ mod tests {
         let activity = Activity::new();
         let request = activity.begin();
         std::thread::sleep(Duration::from_millis(5));
-        activity.stalled();
+        activity.writing.start(&activity);
         let until = activity.deadline(TIMEOUT).expect("stalled");
         assert!(until >= activity.opened + Duration::from_millis(5) + TIMEOUT);
         assert!(until <= Instant::now() + TIMEOUT);
         std::thread::sleep(Duration::from_millis(5));
-        activity.stalled();
+        activity.writing.start(&activity);
         assert_eq!(activity.deadline(TIMEOUT), Some(until), "still the first");
-        activity.unstalled();
+        activity.writing.end();
         assert_eq!(activity.deadline(TIMEOUT), None, "taking it again");
         drop(request);
         assert!(activity.deadline(TIMEOUT).is_some(), "idle");
+    }
+
+    #[test]
+    fn an_upload_that_stops_coming_is_timed_from_then_until_more_comes() {
+        let activity = Activity::new();
+        let request = activity.begin();
+        let upload = Upload::new(&activity);
+        upload.waiting();
+        let until = activity.deadline(TIMEOUT).expect("waiting for the body");
+        assert!(until <= Instant::now() + TIMEOUT);
+        // A write stalling later does not move it on.
+        std::thread::sleep(Duration::from_millis(5));
+        activity.writing.start(&activity);
+        assert_eq!(activity.deadline(TIMEOUT), Some(until));
+        activity.writing.end();
+        upload.got();
+        assert_eq!(activity.deadline(TIMEOUT), None, "more came");
+        upload.waiting();
+        drop(upload);
+        assert_eq!(activity.deadline(TIMEOUT), None, "the body is gone");
+        drop(request);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use http::Request;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -321,6 +321,10 @@ async fn serve(
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let in_progress = requests.begin();
             request.extensions_mut().insert(peer);
+            if !request.body().is_end_stream() {
+                let upload = client::Upload::new(&requests);
+                request.extensions_mut().insert(upload);
+            }
             let call = sticky.clone().oneshot(request);
             async move {
                 let response = call.await.unwrap_or_else(error_response);

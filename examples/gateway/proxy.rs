@@ -605,28 +605,36 @@ impl Conn {
 
 /// A request body on its way to a backend. It says when its last part has
 /// been handed over (by dropping `handed_over`), which is when the wait
-/// for the response head starts: a slow upload is not a slow backend.
+/// for the response head starts: a slow upload is not a slow backend. It
+/// also tells the client timeout (through `upload`, from the request's
+/// extensions) when it waits for the client.
 struct Outgoing {
     body: Incoming,
     handed_over: Option<tokio::sync::oneshot::Sender<()>>,
+    upload: Option<crate::client::Upload>,
 }
 
 impl Outgoing {
     /// Wraps `request`'s body; the receiver resolves once the body is
     /// handed over, or is `None` when there is no body to wait for.
     fn wrap(
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
     ) -> (
         Request<Outgoing>,
         Option<tokio::sync::oneshot::Receiver<()>>,
     ) {
+        let upload = request.extensions_mut().remove::<crate::client::Upload>();
         let (handed_over, receiver) = if request.body().is_end_stream() {
             (None, None)
         } else {
             let (sender, receiver) = tokio::sync::oneshot::channel();
             (Some(sender), Some(receiver))
         };
-        let request = request.map(|body| Outgoing { body, handed_over });
+        let request = request.map(|body| Outgoing {
+            body,
+            handed_over,
+            upload,
+        });
         (request, receiver)
     }
 }
@@ -639,7 +647,15 @@ impl hyper::body::Body for Outgoing {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) else {
+            if let Some(upload) = &self.upload {
+                upload.waiting();
+            }
+            return Poll::Pending;
+        };
+        if let Some(upload) = &self.upload {
+            upload.got();
+        }
         if !matches!(frame, Some(Ok(_))) || self.body.is_end_stream() {
             self.handed_over = None;
         }
