@@ -1,4 +1,4 @@
-//! The gateway modules' own tests (admin API, proxying, client timeout),
+//! The gateway modules' own tests (admin API, proxying, timeouts),
 //! run here because examples are not test targets: `test = true` would
 //! make `cargo test` build the gateway only as a test harness, not the
 //! binary the other gateway tests run.
@@ -12,3 +12,5 @@ mod admin;
 mod client;
 #[path = "../examples/gateway/proxy.rs"]
 mod proxy;
+#[path = "../examples/gateway/stall.rs"]
+mod stall;

@@ -2,7 +2,8 @@
 //! a client that sends nothing or never finishes its request head, an
 //! idle kept-alive connection (HTTP/1.1 or HTTP/2), a client that stops
 //! sending its request body or reading its response, a backend that never
-//! answers, one that stops mid-body; and requests in progress for longer than a timeout that must
+//! answers, one that stops reading a request body, one that stops
+//! mid-body; and requests in progress for longer than a timeout that must
 //! not count against them: an upload, a backend slower than the client
 //! timeout, a slow but steady reader and a quiet WebSocket.
 //!
@@ -378,4 +379,39 @@ async fn a_client_that_stops_sending_its_body_is_disconnected_after_the_client_t
     // Clients that keep up are served as before.
     let reply = gateway.browser().get("/").await;
     assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_reading_an_upload_gets_504_after_the_backend_timeout() {
+    // Reads the request head, then nothing more, and never answers.
+    let stuck = raw_backend("stuck", |stream| async move {
+        let _ = tokio::time::sleep(DEADLINE * 2).await;
+        drop(stream);
+    })
+    .await;
+    let gateway = Gateway::start(&[&stuck], &["--backend-timeout", "1"]).await;
+
+    // More than the sockets on the way can hold, sent as fast as it goes.
+    let started = Instant::now();
+    let client = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut reading, mut writing) = client.into_split();
+    let upload = tokio::spawn(async move {
+        let head = format!("POST / HTTP/1.1\r\nHost: test\r\nContent-Length: {BIG}\r\n\r\n");
+        writing.write_all(head.as_bytes()).await?;
+        writing.write_all(&vec![b'x'; BIG]).await
+    });
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, reading.read(&mut buffer))
+            .await
+            .expect("no answer in time")
+            .unwrap_or(0);
+        assert!(n > 0, "closed without an answer");
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text:?}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    upload.abort();
 }

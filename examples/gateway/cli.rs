@@ -101,9 +101,10 @@ pub struct Args {
     pub client_timeout: u64,
 
     /// Longest wait for a backend, in seconds: for the response head once
-    /// the whole request is handed over (a slow upload does not count),
-    /// then between parts of the response body. Past it the client gets
-    /// 504, or a response cut short. WebSocket tunnels have no limit.
+    /// the whole request is handed over (a slow upload does not count,
+    /// only one the backend stops taking), then between parts of the
+    /// response body. Past it the client gets 504, or a response cut
+    /// short. WebSocket tunnels have no limit.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub backend_timeout: u64,
 

@@ -26,7 +26,6 @@
 //! moved on only when it fires early.
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,9 +34,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+
+use crate::stall::Stall;
 
 /// What a client connection is doing: how many of its requests are in
 /// progress, since when it has had none, and since when the gateway has
@@ -47,8 +46,9 @@ pub struct Activity {
     in_progress: AtomicUsize,
     /// Nanoseconds from `opened` to the end of the last response.
     idle_since: AtomicU64,
-    /// Since when a write to the client has been waiting for room.
-    writing: Stall,
+    /// Since when a write to the client has been waiting for room (noted
+    /// by the socket, see [`crate::stall::Watched`]).
+    writing: Arc<Stall>,
     /// Since when a request body has been waiting for more from the client.
     uploading: Stall,
 }
@@ -60,14 +60,14 @@ impl Activity {
             opened: Instant::now(),
             in_progress: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
-            writing: Stall::default(),
-            uploading: Stall::default(),
+            writing: Arc::new(Stall::new()),
+            uploading: Stall::new(),
         })
     }
 
-    /// Nanoseconds since the connection opened.
-    fn now(&self) -> u64 {
-        u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    /// Where the client's socket notes its writes' waits.
+    pub fn writing(&self) -> Arc<Stall> {
+        Arc::clone(&self.writing)
     }
 
     /// Marks a request, whose head is in, as in progress until the guard
@@ -94,37 +94,7 @@ impl Activity {
             (Some(writing), Some(uploading)) => writing.min(uploading),
             (since, None) | (None, since) => since?,
         };
-        Some(self.opened + since + timeout)
-    }
-}
-
-/// A wait on the client: nanoseconds from the connection's opening to
-/// when it started, plus one; 0 while there is none.
-#[derive(Default)]
-struct Stall(AtomicU64);
-
-impl Stall {
-    /// The gateway has to wait: a stall starts, if none is under way.
-    fn start(&self, activity: &Activity) {
-        if self.0.load(Ordering::Relaxed) == 0 {
-            self.0
-                .store(activity.now().saturating_add(1), Ordering::Relaxed);
-        }
-    }
-
-    /// The client moved: no stall.
-    fn end(&self) {
-        if self.0.load(Ordering::Relaxed) != 0 {
-            self.0.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// How long after the connection's opening the stall started.
-    fn since(&self) -> Option<Duration> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            since => Some(Duration::from_nanos(since - 1)),
-        }
+        Some(since + timeout)
     }
 }
 
@@ -134,9 +104,11 @@ pub struct InProgress(Arc<Activity>);
 impl Drop for InProgress {
     fn drop(&mut self) {
         let activity = &self.0;
+        let since_opened = activity.opened.elapsed().as_nanos();
+        let since_opened = u64::try_from(since_opened).unwrap_or(u64::MAX);
         activity
             .idle_since
-            .fetch_max(activity.now(), Ordering::Relaxed);
+            .fetch_max(since_opened, Ordering::Relaxed);
         activity.in_progress.fetch_sub(1, Ordering::Release);
     }
 }
@@ -197,7 +169,7 @@ impl Upload {
     /// The body has nothing more yet: a wait on the client starts, if none
     /// is under way.
     pub fn waiting(&self) {
-        self.0.uploading.start(&self.0);
+        self.0.uploading.start();
     }
 
     /// Some of the body came, or its end.
@@ -210,73 +182,6 @@ impl Upload {
 impl Drop for Upload {
     fn drop(&mut self) {
         self.got();
-    }
-}
-
-/// A client's socket that notes in its connection's [`Activity`] when a
-/// write has to wait for the client, and when the client takes some again.
-pub struct ClientStream {
-    stream: TcpStream,
-    activity: Arc<Activity>,
-}
-
-impl ClientStream {
-    /// Wraps `stream`, whose connection `activity` follows.
-    pub fn new(stream: TcpStream, activity: Arc<Activity>) -> ClientStream {
-        ClientStream { stream, activity }
-    }
-
-    /// Notes how a write went.
-    fn wrote<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        match poll {
-            Poll::Pending => self.activity.writing.start(&self.activity),
-            Poll::Ready(_) => self.activity.writing.end(),
-        }
-        poll
-    }
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
-        this.wrote(poll)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        this.wrote(poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -370,12 +275,12 @@ mod tests {
         let activity = Activity::new();
         let request = activity.begin();
         std::thread::sleep(Duration::from_millis(5));
-        activity.writing.start(&activity);
+        activity.writing.start();
         let until = activity.deadline(TIMEOUT).expect("stalled");
         assert!(until >= activity.opened + Duration::from_millis(5) + TIMEOUT);
         assert!(until <= Instant::now() + TIMEOUT);
         std::thread::sleep(Duration::from_millis(5));
-        activity.writing.start(&activity);
+        activity.writing.start();
         assert_eq!(activity.deadline(TIMEOUT), Some(until), "still the first");
         activity.writing.end();
         assert_eq!(activity.deadline(TIMEOUT), None, "taking it again");
@@ -393,7 +298,7 @@ mod tests {
         assert!(until <= Instant::now() + TIMEOUT);
         // A write stalling later does not move it on.
         std::thread::sleep(Duration::from_millis(5));
-        activity.writing.start(&activity);
+        activity.writing.start();
         assert_eq!(activity.deadline(TIMEOUT), Some(until));
         activity.writing.end();
         upload.got();

@@ -20,6 +20,7 @@ mod cli;
 mod client;
 mod demo;
 mod proxy;
+mod stall;
 
 use std::convert::Infallible;
 use std::future::Future as _;
@@ -331,7 +332,7 @@ async fn serve(
                 Ok::<_, Infallible>(response.map(|body| client::Tracked::new(body, in_progress)))
             }
         });
-        let stream = client::ClientStream::new(stream, std::sync::Arc::clone(&activity));
+        let stream = stall::Watched::new(stream, activity.writing());
         let connection = server
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

@@ -33,6 +33,8 @@ use hyper_util::rt::TokioIo;
 use tower::Service;
 use tower_sticky::{BoxError, Unsent};
 
+use crate::stall::{Stall, Watched};
+
 /// Why a backend did not answer. A concrete type (not a bare `BoxError`)
 /// keeps the whole proxy future provably `Send`; an unsent request stays
 /// reachable as its `source()`, for the layer's retry.
@@ -236,6 +238,8 @@ impl Upstream {
             .await
             .map_err(|_| format!("connect to {address}: timed out"))??;
         stream.set_nodelay(true)?;
+        let writing = Arc::new(Stall::new());
+        let stream = Watched::new(stream, Arc::clone(&writing));
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .writev(false)
             .handshake(TokioIo::new(stream))
@@ -250,7 +254,11 @@ impl Upstream {
                 tracing::debug!(%error, "upstream connection closed");
             }
         });
-        Ok(Conn::new(sender, self.inner.options.backend_timeout))
+        Ok(Conn::new(
+            sender,
+            writing,
+            self.inner.options.backend_timeout,
+        ))
     }
 
     async fn forward(self, mut request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
@@ -541,16 +549,19 @@ fn prepare(request: &mut Request<Incoming>, upstream: &Inner, upgrade: bool) {
 /// early. Most requests only write `deadline`.
 struct Conn {
     sender: SendRequest<Outgoing>,
+    /// Since when a write to the backend has been waiting for room.
+    writing: Arc<Stall>,
     timeout: Duration,
     deadline: tokio::time::Instant,
     timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Conn {
-    fn new(sender: SendRequest<Outgoing>, timeout: Duration) -> Conn {
+    fn new(sender: SendRequest<Outgoing>, writing: Arc<Stall>, timeout: Duration) -> Conn {
         let deadline = tokio::time::Instant::now() + timeout;
         Conn {
             sender,
+            writing,
             timeout,
             deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
@@ -574,11 +585,30 @@ impl Conn {
         }
     }
 
+    /// While the request body goes out: ready with the timeout once the
+    /// backend has taken none of it for the backend timeout. Otherwise the
+    /// timer is set a timeout ahead, to look again then (a wait that starts
+    /// before that ends after it).
+    fn poll_upload_stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, ProxyError>> {
+        loop {
+            let now = tokio::time::Instant::now();
+            self.deadline = match self.writing.since() {
+                Some(since) if since + self.timeout <= now => {
+                    return Poll::Ready(Err(ProxyError::TimedOut(self.timeout)));
+                }
+                Some(since) => since + self.timeout,
+                None => now + self.timeout,
+            };
+            std::task::ready!(self.poll_expired(cx));
+        }
+    }
+
     /// Sends `request` and waits for the response head, for at most the
     /// backend timeout counted from when the request's body has been
-    /// handed over (`handed_over` resolves then; `None`: at once). The
-    /// outer error is the timeout, the inner one hyper's, which may give
-    /// the request back unsent.
+    /// handed over (`handed_over` resolves then; `None`: at once). Until
+    /// then the timeout counts only while the backend takes none of the
+    /// body. The outer error is the timeout, the inner one hyper's, which
+    /// may give the request back unsent.
     async fn exchange(
         &mut self,
         request: Request<Outgoing>,
@@ -591,8 +621,10 @@ impl Conn {
                 return Poll::Ready(Ok(response));
             }
             if let Some(receiver) = handed_over {
+                if Pin::new(receiver).poll(cx).is_pending() {
+                    return self.poll_upload_stalled(cx);
+                }
                 // Sent, or dropped with the body: either way it is over.
-                std::task::ready!(Pin::new(receiver).poll(cx)).ok();
                 *handed_over = None;
                 self.arm();
             }
