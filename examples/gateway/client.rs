@@ -90,10 +90,8 @@ impl Activity {
 
     /// When a wait on the client runs out of `timeout`.
     fn stalled_until(&self, timeout: Duration) -> Option<Instant> {
-        let since = match (self.writing.since(), self.uploading.since()) {
-            (Some(writing), Some(uploading)) => writing.min(uploading),
-            (since, None) | (None, since) => since?,
-        };
+        let waits = [self.writing.since(), self.uploading.since()];
+        let since = waits.into_iter().flatten().min()?;
         Some(since + timeout)
     }
 }
@@ -225,8 +223,8 @@ impl ClientTimer {
             let deadline = match self.activity.deadline(self.timeout) {
                 Some(deadline) if deadline <= now => return Poll::Ready(()),
                 Some(deadline) => deadline,
-                // Busy, and the client takes what it is sent: look again
-                // a timeout from now.
+                // Busy, and not waiting on the client: look again a
+                // timeout from now.
                 None => now + self.timeout,
             };
             if deadline != self.timer.deadline() {

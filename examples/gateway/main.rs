@@ -292,8 +292,8 @@ fn worker(
 }
 
 /// A worker's loop: serves each connection it is handed, on this thread.
-/// A client connection idle for `client_timeout`, or not taking its
-/// response for that long, is closed.
+/// A client connection idle for `client_timeout`, or keeping the gateway
+/// waiting on it for that long mid-request, is closed.
 async fn serve(
     sticky: Sticky<Upstream>,
     client_timeout: Duration,
@@ -348,7 +348,7 @@ async fn serve(
             })
             .await;
             let Some(ended) = ended else {
-                tracing::debug!("client connection idle, or not reading, too long; closed");
+                tracing::debug!("client connection idle or stalled too long; closed");
                 return;
             };
             if let Err(error) = ended {
