@@ -51,6 +51,39 @@ where
     }
 }
 
+/// A backend that reads each request head, then holds the connection
+/// and says nothing.
+async fn silent_backend(name: &str) -> Backend {
+    raw_backend(name, |stream| async move {
+        let _ = tokio::time::sleep(DEADLINE * 2).await;
+        drop(stream);
+    })
+    .await
+}
+
+/// A backend that answers "got N bytes" once it has a request's whole
+/// body.
+async fn counting_backend() -> Backend {
+    let app = axum::Router::new()
+        .fallback(|body: axum::body::Bytes| async move { format!("got {} bytes", body.len()) });
+    Backend::serve("b1", "127.0.0.1:0".parse().unwrap(), app).await
+}
+
+/// Sends `request` on a new connection, then reads as `read_to_close`
+/// does; the answer as text.
+async fn send_and_read_to_close(gateway: &Gateway, request: &[u8]) -> (String, bool) {
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client.write_all(request).await.unwrap();
+    let (got, closed) = read_to_close(&mut client).await;
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// Clients that keep up are served as before.
+async fn assert_keeps_serving(gateway: &Gateway) {
+    let reply = gateway.browser().get("/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
 /// Reads until the peer closes (or `DEADLINE`); returns what came and
 /// whether the peer closed.
 async fn read_to_close(stream: &mut TcpStream) -> (Vec<u8>, bool) {
@@ -122,19 +155,12 @@ async fn slow_and_idle_clients_are_disconnected_after_the_client_timeout() {
     assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
     assert!(answered.elapsed() >= Duration::from_secs(1));
 
-    // Clients that keep up are served as before.
-    let reply = gateway.browser().get("/").await;
-    assert_eq!(reply.status, StatusCode::OK);
+    assert_keeps_serving(&gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_never_answers_gets_504_after_the_backend_timeout() {
-    let silent = raw_backend("silent", |stream| async move {
-        // Holds the connection open and says nothing.
-        let _ = tokio::time::sleep(DEADLINE * 2).await;
-        drop(stream);
-    })
-    .await;
+    let silent = silent_backend("silent").await;
     let gateway = Gateway::start(&[&silent], &["--backend-timeout", "1"]).await;
 
     for _ in 0..2 {
@@ -169,13 +195,8 @@ async fn a_backend_that_stops_mid_body_has_its_response_cut_short() {
     let gateway = Gateway::start(&[&stalling], &["--backend-timeout", "1"]).await;
 
     let started = Instant::now();
-    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let (got, closed) = read_to_close(&mut client).await;
-    let text = String::from_utf8_lossy(&got);
+    let (text, closed) =
+        send_and_read_to_close(&gateway, b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").await;
     assert!(closed, "the client was left waiting: {text:?}");
     assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
     assert!(text.contains("content-length: 100"), "{text:?}");
@@ -190,10 +211,7 @@ async fn a_backend_that_stops_mid_body_has_its_response_cut_short() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_slower_than_either_timeout_still_gets_its_answer() {
-    // Answers with the body's length once it has all of it.
-    let app = axum::Router::new()
-        .fallback(|body: axum::body::Bytes| async move { format!("got {} bytes", body.len()) });
-    let backend = Backend::serve("b1", "127.0.0.1:0".parse().unwrap(), app).await;
+    let backend = counting_backend().await;
     let gateway = Gateway::start(
         &[&backend],
         &["--backend-timeout", "1", "--client-timeout", "1"],
@@ -313,7 +331,7 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_client_timeout() 
     );
     assert!(started.elapsed() >= Duration::from_secs(1));
 
-    // Clients that keep up are served as before.
+    // A client that reads is served the whole of it.
     let reply = gateway.browser().get("/").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body.len(), BIG);
@@ -359,36 +377,23 @@ async fn a_slow_but_steady_reader_gets_the_whole_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_sending_its_body_is_disconnected_after_the_client_timeout() {
     // Answers once it has the whole body; it never will.
-    let app = axum::Router::new()
-        .fallback(|body: axum::body::Bytes| async move { format!("got {} bytes", body.len()) });
-    let backend = Backend::serve("b1", "127.0.0.1:0".parse().unwrap(), app).await;
+    let backend = counting_backend().await;
     let gateway = Gateway::start(&[&backend], &["--client-timeout", "1"]).await;
 
     let started = Instant::now();
-    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
-    client
-        .write_all(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nten bytes!")
-        .await
-        .unwrap();
-    let (got, closed) = read_to_close(&mut client).await;
-    let text = String::from_utf8_lossy(&got);
+    let request = b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nten bytes!";
+    let (text, closed) = send_and_read_to_close(&gateway, request).await;
     assert!(closed, "the connection was kept: {text:?}");
     assert!(!text.contains("got "), "{text:?}");
     assert!(started.elapsed() >= Duration::from_secs(1));
 
-    // Clients that keep up are served as before.
-    let reply = gateway.browser().get("/").await;
-    assert_eq!(reply.status, StatusCode::OK);
+    assert_keeps_serving(&gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_stops_reading_an_upload_gets_504_after_the_backend_timeout() {
     // Reads the request head, then nothing more, and never answers.
-    let stuck = raw_backend("stuck", |stream| async move {
-        let _ = tokio::time::sleep(DEADLINE * 2).await;
-        drop(stream);
-    })
-    .await;
+    let stuck = silent_backend("stuck").await;
     let gateway = Gateway::start(&[&stuck], &["--backend-timeout", "1"]).await;
 
     // More than the sockets on the way can hold, sent as fast as it goes.
