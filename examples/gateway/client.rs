@@ -15,7 +15,9 @@
 //! for room to write a response it has stopped reading. Its connection is
 //! closed too, so that such a client cannot hold the request, and the
 //! backend connection behind it, for ever. A slow client that keeps
-//! sending or reading something is served to the end.
+//! sending or reading something is served to the end. (Writes are watched
+//! at the socket: an HTTP/2 client that stops reading holds its stream
+//! back by flow control instead, which is not watched here.)
 //!
 //! hyper's own header timer is not used: it starts only once hyper has
 //! told HTTP/1.1 from HTTP/2, so it would miss a client that sends nothing,
