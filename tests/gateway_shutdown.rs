@@ -1,5 +1,5 @@
-//! SIGTERM: the gateway stops accepting, finishes requests under way, and
-//! exits cleanly.
+//! SIGTERM: the gateway stops accepting, finishes requests under way,
+//! closes idle connections (HTTP/2 with a GOAWAY), and exits cleanly.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -10,6 +10,9 @@ use axum::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 mod support;
 
@@ -22,14 +25,16 @@ async fn sigterm_finishes_requests_under_way() {
     let release = Arc::new(Notify::new());
     let app = {
         let (arrived, release) = (Arc::clone(&arrived), Arc::clone(&release));
-        Router::new().route(
-            "/slow",
-            get(move || async move {
-                arrived.notify_one();
-                release.notified().await;
-                "finished"
-            }),
-        )
+        Router::new()
+            .route(
+                "/slow",
+                get(move || async move {
+                    arrived.notify_one();
+                    release.notified().await;
+                    "finished"
+                }),
+            )
+            .route("/fast", get(|| async { "fast" }))
     };
     let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend_addr = backend.local_addr().unwrap();
@@ -49,7 +54,27 @@ async fn sigterm_finishes_requests_under_way() {
         .await
         .expect("the gateway exited before it listened");
 
-    // A request under way...
+    // Two idle kept-alive connections, HTTP/1.1 and HTTP/2, each having
+    // had an answer...
+    let mut idle = TcpStream::connect(listen).await.unwrap();
+    idle.write_all(b"GET /fast HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 1024];
+    let n = idle.read(&mut buffer).await.unwrap();
+    assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+    let io = TokioIo::new(TcpStream::connect(listen).await.unwrap());
+    let (mut http2, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    let http2_closed = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{listen}/fast"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let reply = http2.send_request(request).await.unwrap();
+    assert_eq!(reply.status(), http::StatusCode::OK);
+
+    // ...a request under way...
     let mut client = TcpStream::connect(listen).await.unwrap();
     client
         .write_all(b"GET /slow HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
@@ -74,6 +99,21 @@ async fn sigterm_finishes_requests_under_way() {
     client.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("finished"), "{answer}");
+
+    // The idle connections were closed, not left to the client timeout
+    // (30 s): HTTP/2 with a GOAWAY, which ends the client's side without
+    // an error.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest))
+        .await
+        .expect("the idle HTTP/1.1 connection is closed")
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    let http2_ended = tokio::time::timeout(Duration::from_secs(10), http2_closed)
+        .await
+        .expect("the HTTP/2 connection is closed")
+        .unwrap();
+    assert!(http2_ended.is_ok(), "{http2_ended:?}");
 
     let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await

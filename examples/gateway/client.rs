@@ -19,6 +19,12 @@
 //! at the socket: an HTTP/2 client that stops reading holds its stream
 //! back by flow control instead, which is not watched here.)
 //!
+//! An idle connection is closed politely: HTTP/1.1 at once; HTTP/2 with a
+//! GOAWAY first, which tells the client to take its next request to a new
+//! connection, and with one more timeout for the client to acknowledge it
+//! (the connection closes as soon as the client has). A stalled connection
+//! is dropped.
+//!
 //! hyper's own header timer is not used: it starts only once hyper has
 //! told HTTP/1.1 from HTTP/2, so it would miss a client that sends nothing,
 //! it does not cover HTTP/2, and it costs a timer set and cleared for every
@@ -90,6 +96,18 @@ impl Activity {
         Some(self.opened + idle_since + timeout)
     }
 
+    /// Whether no request is in progress.
+    fn is_idle(&self) -> bool {
+        self.in_progress.load(Ordering::Acquire) == 0
+    }
+
+    /// Counts the connection as idle from now, if it is idle, and from
+    /// the end of its last request otherwise.
+    fn idle_from_now(&self) {
+        let since_opened = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.idle_since.fetch_max(since_opened, Ordering::Relaxed);
+    }
+
     /// When a wait on the client runs out of `timeout`.
     fn stalled_until(&self, timeout: Duration) -> Option<Instant> {
         let waits = [self.writing.since(), self.uploading.since()];
@@ -103,13 +121,8 @@ pub struct InProgress(Arc<Activity>);
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        let activity = &self.0;
-        let since_opened = activity.opened.elapsed().as_nanos();
-        let since_opened = u64::try_from(since_opened).unwrap_or(u64::MAX);
-        activity
-            .idle_since
-            .fetch_max(since_opened, Ordering::Relaxed);
-        activity.in_progress.fetch_sub(1, Ordering::Release);
+        self.0.idle_from_now();
+        self.0.in_progress.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -185,6 +198,16 @@ impl Drop for Upload {
     }
 }
 
+/// Why a connection's client timeout ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// No request was in progress for the timeout.
+    Idle,
+    /// A request was in progress, and the gateway had been waiting on the
+    /// client for the timeout.
+    Stalled,
+}
+
 /// A connection's client timeout, polled by the task that drives the
 /// connection.
 pub struct ClientTimer {
@@ -208,10 +231,10 @@ impl ClientTimer {
         }
     }
 
-    /// Ready once the connection's client timeout has run out. Between
-    /// firings of the timer this is a single check, so the task may call it
-    /// each time it is woken.
-    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready once the connection's client timeout has run out, saying
+    /// why. Between firings of the timer this is a single check, so the
+    /// task may call it each time it is woken.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
         // An armed timer wakes this task when it fires; the task's waker
         // does not change, so there is nothing to do before then. Nothing
         // can bring the deadline forward: whatever happens after the timer
@@ -223,7 +246,14 @@ impl ClientTimer {
         loop {
             let now = Instant::now();
             let deadline = match self.activity.deadline(self.timeout) {
-                Some(deadline) if deadline <= now => return Poll::Ready(()),
+                Some(deadline) if deadline <= now => {
+                    let why = if self.activity.is_idle() {
+                        Expired::Idle
+                    } else {
+                        Expired::Stalled
+                    };
+                    return Poll::Ready(why);
+                }
                 Some(deadline) => deadline,
                 // Busy, and not waiting on the client: look again a
                 // timeout from now.
@@ -240,6 +270,12 @@ impl ClientTimer {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Gives an idle connection a further timeout from now, as if its last
+    /// request had just ended: time to close it politely.
+    pub fn start_over(&mut self) {
+        self.activity.idle_from_now();
     }
 }
 
@@ -268,6 +304,20 @@ mod tests {
         let until = activity.deadline(TIMEOUT).expect("idle again");
         assert!(until >= activity.opened + Duration::from_millis(5) + TIMEOUT);
         assert!(until <= Instant::now() + TIMEOUT);
+    }
+
+    #[test]
+    fn an_idle_connection_can_be_given_a_further_timeout() {
+        let activity = Activity::new();
+        assert!(activity.is_idle());
+        std::thread::sleep(Duration::from_millis(5));
+        activity.idle_from_now();
+        let until = activity.deadline(TIMEOUT).expect("idle");
+        assert!(until >= activity.opened + Duration::from_millis(5) + TIMEOUT);
+        let request = activity.begin();
+        assert!(!activity.is_idle());
+        drop(request);
+        assert!(activity.is_idle());
     }
 
     #[test]

@@ -33,7 +33,6 @@ use http::Request;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tower::{Layer, ServiceExt};
 use tower_sticky::sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
 use tower_sticky::sticky_core::{BackendSpec, FailoverPolicy, PoolConfig};
@@ -175,7 +174,9 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         queues.push(queue);
         threads.push(worker(index, sticky.clone(), client_timeout, accepted));
     }
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a receiver until it ends; the sender says
+    // when to stop, and finds out when all of them have ended.
+    let (stop, _) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut next = 0;
     loop {
@@ -200,7 +201,7 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
                 // The next worker in turn. A worker that has stopped (it
                 // can only have panicked) is dropped from the turn; with
                 // none left the gateway cannot serve, and says so by exiting.
-                let mut connection = Accepted { stream, peer, watcher: graceful.watcher() };
+                let mut connection = Accepted { stream, peer, stop: stop.subscribe() };
                 loop {
                     if queues.is_empty() {
                         eprintln!("error: every worker thread has stopped");
@@ -226,7 +227,10 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     drop(listener);
     eprintln!("shutting down: finishing requests under way");
     tokio::select! {
-        () = graceful.shutdown() => {}
+        _ = async {
+            stop.send_replace(true);
+            stop.closed().await;
+        } => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => eprintln!("gave up waiting after {DRAIN_TIMEOUT:?}"),
     }
     // Closing the queues stops the workers.
@@ -240,7 +244,8 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
 struct Accepted {
     stream: std::net::TcpStream,
     peer: SocketAddr,
-    watcher: Watcher,
+    /// Turns true when the gateway shuts down.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Starts worker thread `index`: a single-threaded runtime serving the
@@ -303,12 +308,7 @@ async fn serve(
     // The client timeout is kept by each connection's task (see the client
     // module), not by hyper's header timer.
     server.http1().writev(false).header_read_timeout(None);
-    while let Some(Accepted {
-        stream,
-        peer,
-        watcher,
-    }) = accepted.recv().await
-    {
+    while let Some(Accepted { stream, peer, stop }) = accepted.recv().await {
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => stream,
             Err(error) => {
@@ -336,15 +336,36 @@ async fn serve(
         let connection = server
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let connection = watcher.watch(connection);
+        let mut stop = stop;
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
             let mut timer = client::ClientTimer::new(activity, client_timeout);
-            let ended = std::future::poll_fn(|cx| {
+            // Held until the connection ends, as the main thread waits for
+            // every receiver to go.
+            let mut stopping = std::pin::pin!(stop.wait_for(|&stop| stop));
+            let mut closing = false;
+            let ended = std::future::poll_fn(|cx| loop {
                 if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
                     return Poll::Ready(Some(ended));
                 }
-                timer.poll_expired(cx).map(|()| None)
+                // Closing politely: HTTP/1.1 closes once its response is
+                // out (at once when idle); HTTP/2 sends GOAWAY and closes
+                // once its streams are done.
+                if !closing && stopping.as_mut().poll(cx).is_ready() {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                    continue;
+                }
+                match std::task::ready!(timer.poll_expired(cx)) {
+                    // Idle: close politely, with a further timeout to do it.
+                    client::Expired::Idle if !closing => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                        timer.start_over();
+                    }
+                    // Stalled, or no quicker to close politely: drop it.
+                    client::Expired::Idle | client::Expired::Stalled => return Poll::Ready(None),
+                }
             })
             .await;
             let Some(ended) = ended else {
