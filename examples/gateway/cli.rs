@@ -94,10 +94,10 @@ pub struct Args {
     /// request in progress (from its start, and from the end of each
     /// response, until the next request head is in; HTTP/1.1 and HTTP/2
     /// alike), or keep the gateway waiting for more of a request body or
-    /// for room to write a response. Past it the client is disconnected
-    /// (an idle HTTP/2 client after a GOAWAY).
-    /// A slow but steady upload or reader, and a slow backend, are not
-    /// cut.
+    /// for room to write a response (over HTTP/2, on every stream in
+    /// progress at once). Past it the client is disconnected (an idle
+    /// HTTP/2 client after a GOAWAY). A slow but steady upload or reader,
+    /// and a slow backend, are not cut.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub client_timeout: u64,
 

@@ -15,9 +15,18 @@
 //! for room to write a response it has stopped reading. Its connection is
 //! closed too, so that such a client cannot hold the request, and the
 //! backend connection behind it, for ever. A slow client that keeps
-//! sending or reading something is served to the end. (Writes are watched
-//! at the socket: an HTTP/2 client that stops reading holds its stream
-//! back by flow control instead, which is not watched here.)
+//! sending or reading something is served to the end.
+//!
+//! An HTTP/2 client can also stop a response by granting it no more
+//! flow-control window, while it reads its socket. So each HTTP/2 stream
+//! notes when it waits on the client: from when hyper takes a part of its
+//! response until hyper asks for more (which it does once the window has
+//! room), and while its request body has nothing more. A connection
+//! carries many streams, some perhaps held back by the client on purpose
+//! while others go on (a proxy in front may carry many users' requests on
+//! one connection), so it counts as waiting on the client only while every
+//! stream in progress does; and since hyper offers no way to cancel a
+//! single stream, the whole connection is what is closed.
 //!
 //! An idle connection is closed politely: HTTP/1.1 at once; HTTP/2 with a
 //! GOAWAY first, which tells the client to take its next request to a new
@@ -31,11 +40,13 @@
 //! request. Here a request costs a few atomic operations (a count up and
 //! down, a reference taken and dropped) and a clock read, a write or a
 //! part of a request body an atomic load, and a connection has one timer,
-//! moved on only when it fires early.
+//! moved on only when it fires early. An HTTP/2 request also allocates its
+//! stream's record, and each part of its response costs a few atomic
+//! operations and a clock read more.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -57,8 +68,14 @@ pub struct Activity {
     /// Since when a write to the client has been waiting for room (noted
     /// by the socket, see [`crate::stall::Watched`]).
     writing: Arc<Stall>,
-    /// Since when a request body has been waiting for more from the client.
+    /// Since when a request body has been waiting for more from the client
+    /// (HTTP/1.1).
     uploading: Stall,
+    /// How many HTTP/2 streams in progress are waiting on the client.
+    streams_waiting: AtomicUsize,
+    /// Since when every HTTP/2 stream in progress has been waiting on the
+    /// client.
+    all_streams_waiting: Stall,
 }
 
 impl Activity {
@@ -70,6 +87,8 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             writing: Arc::new(Stall::new()),
             uploading: Stall::new(),
+            streams_waiting: AtomicUsize::new(0),
+            all_streams_waiting: Stall::new(),
         })
     }
 
@@ -82,6 +101,8 @@ impl Activity {
     /// is dropped (with its response's body, see [`Tracked`]).
     pub fn begin(self: &Arc<Self>) -> InProgress {
         self.in_progress.fetch_add(1, Ordering::Relaxed);
+        // A new stream is not waiting on the client.
+        self.all_streams_waiting.end();
         InProgress(Arc::clone(self))
     }
 
@@ -108,9 +129,22 @@ impl Activity {
         self.idle_since.fetch_max(since_opened, Ordering::Relaxed);
     }
 
+    /// Notes whether every HTTP/2 stream in progress now waits on the
+    /// client.
+    fn count_streams(&self) {
+        let waiting = self.streams_waiting.load(Ordering::Relaxed);
+        if waiting > 0 && waiting >= self.in_progress.load(Ordering::Relaxed) {
+            self.all_streams_waiting.start();
+        }
+    }
+
     /// When a wait on the client runs out of `timeout`.
     fn stalled_until(&self, timeout: Duration) -> Option<Instant> {
-        let waits = [self.writing.since(), self.uploading.since()];
+        let waits = [
+            self.writing.since(),
+            self.uploading.since(),
+            self.all_streams_waiting.since(),
+        ];
         let since = waits.into_iter().flatten().min()?;
         Some(since + timeout)
     }
@@ -123,23 +157,82 @@ impl Drop for InProgress {
     fn drop(&mut self) {
         self.0.idle_from_now();
         self.0.in_progress.fetch_sub(1, Ordering::Release);
+        // The streams left may all be waiting.
+        self.0.count_streams();
+    }
+}
+
+/// An HTTP/2 stream's waits on the client: for more of its request body,
+/// or for flow-control window to send more of its response. A connection
+/// carries many streams, some perhaps paused by the client on purpose, so
+/// it counts as waiting on the client only while every stream in progress
+/// does.
+pub struct Stream {
+    activity: Arc<Activity>,
+    /// Which of [`UPLOAD`] and [`RESPONSE`] are waiting.
+    waits: AtomicU8,
+}
+
+const UPLOAD: u8 = 1;
+const RESPONSE: u8 = 2;
+
+impl Stream {
+    /// A stream on the connection `activity` follows, waiting on nothing.
+    pub fn new(activity: &Arc<Activity>) -> Arc<Stream> {
+        Arc::new(Stream {
+            activity: Arc::clone(activity),
+            waits: AtomicU8::new(0),
+        })
+    }
+
+    fn wait(&self, what: u8) {
+        if self.waits.fetch_or(what, Ordering::Relaxed) == 0 {
+            self.activity
+                .streams_waiting
+                .fetch_add(1, Ordering::Relaxed);
+            self.activity.count_streams();
+        }
+    }
+
+    fn moved(&self, what: u8) {
+        if self.waits.fetch_and(!what, Ordering::Relaxed) == what {
+            self.activity
+                .streams_waiting
+                .fetch_sub(1, Ordering::Relaxed);
+            self.activity.all_streams_waiting.end();
+        }
     }
 }
 
 /// A response body that keeps its request in progress until it is done
 /// with (hyper drops it once it has taken the last part, or when the
-/// client goes away).
+/// client goes away). On HTTP/2 it also notes its stream waiting on the
+/// client from when hyper takes a part of it until hyper comes back for
+/// more, which it does once the client's flow-control window has room.
 pub struct Tracked<B> {
     body: B,
+    /// The HTTP/2 stream, and whether a part was taken and no more asked.
+    stream: Option<Arc<Stream>>,
+    handed: bool,
     _request: InProgress,
 }
 
 impl<B> Tracked<B> {
-    /// `body`, ending `request` when dropped.
-    pub fn new(body: B, request: InProgress) -> Tracked<B> {
+    /// `body`, ending `request` when dropped; `stream` for HTTP/2.
+    pub fn new(body: B, request: InProgress, stream: Option<Arc<Stream>>) -> Tracked<B> {
         Tracked {
             body,
+            stream,
+            handed: false,
             _request: request,
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if let (Some(stream), true) = (&self.stream, self.handed) {
+            stream.moved(RESPONSE);
         }
     }
 }
@@ -152,10 +245,25 @@ where
     type Error = B::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = self.get_mut();
+        let Some(stream) = &this.stream else {
+            return Pin::new(&mut this.body).poll_frame(cx);
+        };
+        if this.handed {
+            this.handed = false;
+            stream.moved(RESPONSE);
+        }
+        let poll = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &poll {
+            if frame.is_data() {
+                this.handed = true;
+                stream.wait(RESPONSE);
+            }
+        }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {
@@ -171,23 +279,39 @@ where
 /// the body says when it has to wait for more and when more came. Carried
 /// to the reader in the request's extensions.
 #[derive(Clone)]
-pub struct Upload(Arc<Activity>);
+pub struct Upload(Uploader);
+
+#[derive(Clone)]
+enum Uploader {
+    Connection(Arc<Activity>),
+    Stream(Arc<Stream>),
+}
 
 impl Upload {
-    /// The body of a request on the connection `activity` follows.
-    pub fn new(activity: &Arc<Activity>) -> Upload {
-        Upload(Arc::clone(activity))
+    /// The body of a request on the connection `activity` follows, or on
+    /// its HTTP/2 stream `stream`.
+    pub fn new(activity: &Arc<Activity>, stream: Option<&Arc<Stream>>) -> Upload {
+        Upload(match stream {
+            Some(stream) => Uploader::Stream(Arc::clone(stream)),
+            None => Uploader::Connection(Arc::clone(activity)),
+        })
     }
 
     /// The body has nothing more yet: a wait on the client starts, if none
     /// is under way.
     pub fn waiting(&self) {
-        self.0.uploading.start();
+        match &self.0 {
+            Uploader::Connection(activity) => activity.uploading.start(),
+            Uploader::Stream(stream) => stream.wait(UPLOAD),
+        }
     }
 
     /// Some of the body came, or its end.
     pub fn got(&self) {
-        self.0.uploading.end();
+        match &self.0 {
+            Uploader::Connection(activity) => activity.uploading.end(),
+            Uploader::Stream(stream) => stream.moved(UPLOAD),
+        }
     }
 }
 
@@ -342,7 +466,7 @@ mod tests {
     fn an_upload_that_stops_coming_is_timed_from_then_until_more_comes() {
         let activity = Activity::new();
         let request = activity.begin();
-        let upload = Upload::new(&activity);
+        let upload = Upload::new(&activity, None);
         upload.waiting();
         let until = activity.deadline(TIMEOUT).expect("waiting for the body");
         assert!(until <= Instant::now() + TIMEOUT);
@@ -360,9 +484,55 @@ mod tests {
     }
 
     #[test]
+    fn http2_streams_keep_the_gateway_waiting_only_all_together() {
+        let activity = Activity::new();
+        let (first, second) = (activity.begin(), activity.begin());
+        let (one, two) = (Stream::new(&activity), Stream::new(&activity));
+        one.wait(RESPONSE);
+        assert_eq!(
+            activity.deadline(TIMEOUT),
+            None,
+            "the second is not waiting"
+        );
+        two.wait(UPLOAD);
+        let until = activity.deadline(TIMEOUT).expect("both waiting");
+        std::thread::sleep(Duration::from_millis(5));
+        two.wait(RESPONSE);
+        two.moved(UPLOAD);
+        assert_eq!(activity.deadline(TIMEOUT), Some(until), "still waiting");
+        two.moved(RESPONSE);
+        assert_eq!(activity.deadline(TIMEOUT), None, "the second moved");
+        drop(second);
+        let until = activity.deadline(TIMEOUT).expect("the first, alone, waits");
+        assert!(until <= Instant::now() + TIMEOUT);
+        let third = activity.begin();
+        assert_eq!(activity.deadline(TIMEOUT), None, "a new stream");
+        drop((first, third));
+    }
+
+    #[test]
+    fn an_http2_response_waits_on_the_client_between_parts() {
+        let activity = Activity::new();
+        let stream = Stream::new(&activity);
+        let body = Tracked::new(
+            String::from("answer"),
+            activity.begin(),
+            Some(Arc::clone(&stream)),
+        );
+        let mut body = std::pin::pin!(body);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let part = body.as_mut().poll_frame(&mut cx);
+        assert!(matches!(part, Poll::Ready(Some(Ok(_)))));
+        assert!(activity.deadline(TIMEOUT).is_some(), "handed a part");
+        let end = body.as_mut().poll_frame(&mut cx);
+        assert!(matches!(end, Poll::Ready(None)));
+        assert_eq!(activity.deadline(TIMEOUT), None, "asked for more");
+    }
+
+    #[test]
     fn a_response_body_ends_its_request_when_dropped() {
         let activity = Activity::new();
-        let body = Tracked::new(String::from("answer"), activity.begin());
+        let body = Tracked::new(String::from("answer"), activity.begin(), None);
         assert_eq!(body.size_hint().exact(), Some(6));
         assert_eq!(activity.deadline(TIMEOUT), None);
         drop(body);

@@ -322,14 +322,18 @@ async fn serve(
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let in_progress = requests.begin();
             request.extensions_mut().insert(peer);
+            let stream = (request.version() == http::Version::HTTP_2)
+                .then(|| client::Stream::new(&requests));
             if !request.body().is_end_stream() {
-                let upload = client::Upload::new(&requests);
+                let upload = client::Upload::new(&requests, stream.as_ref());
                 request.extensions_mut().insert(upload);
             }
             let call = sticky.clone().oneshot(request);
             async move {
                 let response = call.await.unwrap_or_else(error_response);
-                Ok::<_, Infallible>(response.map(|body| client::Tracked::new(body, in_progress)))
+                Ok::<_, Infallible>(
+                    response.map(|body| client::Tracked::new(body, in_progress, stream)),
+                )
             }
         });
         let stream = stall::Watched::new(stream, activity.writing());

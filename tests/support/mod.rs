@@ -38,6 +38,13 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------ backends
 
+/// A backend whose every answer is `size` bytes: more than the sockets
+/// between it and a client can hold.
+pub async fn big_backend(size: usize) -> Backend {
+    let app = axum::Router::new().fallback(move || async move { vec![b'x'; size] });
+    Backend::serve("big", "127.0.0.1:0".parse().unwrap(), app).await
+}
+
 /// A demo backend served in this process, which can be stopped.
 pub struct Backend {
     pub name: String,
@@ -212,6 +219,12 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
+    /// Checks that a client that keeps up is served.
+    pub async fn assert_keeps_serving(&self) {
+        let reply = self.browser().get("/").await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+
     /// Starts a gateway over `backends` with the extra flags `args`, on
     /// free ports, and waits until both of them listen.
     pub async fn start(backends: &[&Backend], args: &[&str]) -> Gateway {
