@@ -308,7 +308,12 @@ async fn serve(
     // The client timeout is kept by each connection's task (see the client
     // module), not by hyper's header timer.
     server.http1().writev(false).header_read_timeout(None);
-    while let Some(Accepted { stream, peer, stop }) = accepted.recv().await {
+    while let Some(Accepted {
+        stream,
+        peer,
+        mut stop,
+    }) = accepted.recv().await
+    {
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => stream,
             Err(error) => {
@@ -340,13 +345,12 @@ async fn serve(
         let connection = server
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let mut stop = stop;
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
             let mut timer = client::ClientTimer::new(activity, client_timeout);
             // Held until the connection ends, as the main thread waits for
             // every receiver to go.
-            let mut stopping = std::pin::pin!(stop.wait_for(|&stop| stop));
+            let mut stopping = std::pin::pin!(stop.wait_for(|&stopped| stopped));
             let mut closing = false;
             let ended = std::future::poll_fn(|cx| loop {
                 if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
@@ -367,7 +371,7 @@ async fn serve(
                         closing = true;
                         timer.start_over();
                     }
-                    // Stalled, or no quicker to close politely: drop it.
+                    // Stalled, or idle again while closing politely: drop it.
                     client::Expired::Idle | client::Expired::Stalled => return Poll::Ready(None),
                 }
             })
