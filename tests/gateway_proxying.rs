@@ -65,6 +65,25 @@ async fn send(gateway: &Gateway, request: Request<Full<Bytes>>) -> Exchange {
         .await
         .expect("request timed out")
         .unwrap();
+    exchange(response).await
+}
+
+/// As `send`, over an HTTP/2 connection of its own (prior knowledge); the
+/// request's URI gives `:authority`.
+async fn send_http2(gateway: &Gateway, request: Request<Full<Bytes>>) -> Exchange {
+    let io = TokioIo::new(TcpStream::connect(gateway.addr).await.unwrap());
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("request timed out")
+        .unwrap();
+    exchange(response).await
+}
+
+async fn exchange(response: http::Response<hyper::body::Incoming>) -> Exchange {
     assert_eq!(response.status(), StatusCode::OK);
     let (parts, body) = response.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
@@ -154,6 +173,45 @@ async fn preserve_host_keeps_the_clients_host() {
     let seen = send(&gateway, request).await;
     assert_eq!(seen.received("host"), ["shop.example"]);
     assert_eq!(seen.received("x-forwarded-host"), ["shop.example"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_reaches_the_backend_as_http11() {
+    let backend = echo_backend("echo").await;
+    for preserve_host in [false, true] {
+        let flags: &[&str] = if preserve_host {
+            &["--preserve-host"]
+        } else {
+            &[]
+        };
+        let gateway = Gateway::start(&[&backend], flags).await;
+        // An HTTP/2 client may send each cookie as a field of its own
+        // (RFC 9113, 8.2.3), and names the host in :authority, not Host.
+        let request = Request::builder()
+            .uri("http://shop.example/cart?item=7")
+            .header("cookie", "theme=dark")
+            .header("cookie", "cart=7f3a")
+            .header("x-kept", "end to end")
+            .body(Full::default())
+            .unwrap();
+        let seen = send_http2(&gateway, request).await;
+        assert_eq!(seen.method, "GET");
+        assert_eq!(seen.target, "/cart?item=7");
+        // One Cookie header, as HTTP/1.1 has it (RFC 6265, 5.4).
+        assert_eq!(seen.received("cookie"), ["theme=dark; cart=7f3a"]);
+        assert_eq!(seen.received("x-kept"), ["end to end"]);
+        assert_eq!(seen.received("x-forwarded-host"), ["shop.example"]);
+        let host = if preserve_host {
+            "shop.example".to_owned()
+        } else {
+            backend.addr.to_string()
+        };
+        assert_eq!(
+            seen.received("host"),
+            [host.as_str()],
+            "--preserve-host: {preserve_host}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,7 +86,8 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
 
-    /// Forward the client's Host header instead of the backend's.
+    /// Forward the client's Host header (an HTTP/2 client's :authority)
+    /// instead of the backend's.
     #[arg(long)]
     pub preserve_host: bool,
 

@@ -490,10 +490,14 @@ fn prepare(request: &mut Request<Incoming>, upstream: &Inner, upgrade: bool) {
             .to_owned();
         *request.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
     }
+    let from_http2 = request.version() == Version::HTTP_2;
     *request.version_mut() = Version::HTTP_11;
 
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, upgrade);
+    if from_http2 {
+        join_cookies(headers);
+    }
     if let Some(ip) = client {
         let mut chain = Vec::with_capacity(48);
         for prior in headers.get_all(&X_FORWARDED_FOR) {
@@ -537,8 +541,33 @@ fn prepare(request: &mut Request<Incoming>, upstream: &Inner, upgrade: bool) {
     if let Some(host) = &original_host {
         headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    if !upstream.options.preserve_host || original_host.is_none() {
-        headers.insert(header::HOST, upstream.host.clone());
+    // An HTTP/2 request names its host in :authority and may carry no
+    // Host header: the backend's HTTP/1.1 request must have one.
+    let host = match original_host {
+        Some(host) if upstream.options.preserve_host => host,
+        _ => upstream.host.clone(),
+    };
+    headers.insert(header::HOST, host);
+}
+
+/// Joins an HTTP/2 request's cookie fields into the one Cookie header
+/// that HTTP/1.1 allows (RFC 9113, 8.2.3; RFC 6265, 5.4): HTTP/2 clients
+/// may send each cookie as a field of its own, and many servers read only
+/// the first Cookie header.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (i, field) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(field.as_bytes());
+    }
+    if let Some(joined) = header_value(joined) {
+        headers.insert(header::COOKIE, joined);
     }
 }
 
@@ -813,5 +842,25 @@ mod tests {
             };
             assert_eq!(left, expected, "keep_upgrade: {keep_upgrade}");
         }
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one_header() {
+        let cookies = |fields: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for field in fields {
+                headers.append(header::COOKIE, HeaderValue::from_static(field));
+            }
+            join_cookies(&mut headers);
+            let joined: Vec<&str> = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            joined.join(" | ")
+        };
+        assert_eq!(cookies(&[]), "");
+        assert_eq!(cookies(&["a=1"]), "a=1");
+        assert_eq!(cookies(&["a=1", "b=2", "c=3; d=4"]), "a=1; b=2; c=3; d=4");
     }
 }
