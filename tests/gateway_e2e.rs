@@ -62,6 +62,63 @@ async fn two_hundred_clients_never_leave_their_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_sharing_one_http2_connection_each_keep_their_backend() {
+    let servers = backends(&["b1", "b2", "b3"]).await;
+    let gateway = Gateway::start(&servers.iter().collect::<Vec<_>>(), &[]).await;
+    // One connection for every session, as from a proxy in front that
+    // carries its users' requests on one HTTP/2 connection: each request
+    // goes where its own cookie says, not where the connection went.
+    let io = TokioIo::new(TcpStream::connect(gateway.addr).await.unwrap());
+    let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let addr = gateway.addr;
+    let seen = in_parallel(0..30, 30, |_| {
+        let mut sender = sender.clone();
+        async move {
+            // This session's cookies, each sent as a field of its own.
+            let mut jar: BTreeMap<String, String> = BTreeMap::new();
+            let mut seen = Vec::new();
+            for _ in 0..6 {
+                let mut request = Request::get(format!("http://{addr}/"));
+                for (name, value) in &jar {
+                    request = request.header(COOKIE, format!("{name}={value}"));
+                }
+                let request = request.body(Full::new(Bytes::new())).unwrap();
+                let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+                    .await
+                    .expect("request timed out")
+                    .unwrap();
+                for cookie in response.headers().get_all(SET_COOKIE) {
+                    let pair = cookie.to_str().unwrap().split(';').next().unwrap();
+                    let (name, value) = pair.split_once('=').unwrap();
+                    jar.insert(name.trim().to_owned(), value.trim().to_owned());
+                }
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                let body = String::from_utf8(body.to_vec()).unwrap();
+                let (backend, visit) = body.trim_end().split_once(" visit ").unwrap();
+                seen.push((backend.to_owned(), visit.parse::<u32>().unwrap()));
+            }
+            seen
+        }
+    })
+    .await;
+
+    let mut homes = BTreeSet::new();
+    for visits in &seen {
+        let home = &visits[0].0;
+        let expected: Vec<(String, u32)> = (1..=6).map(|n| (home.clone(), n)).collect();
+        assert_eq!(
+            visits, &expected,
+            "a session left its backend or lost its visits"
+        );
+        homes.insert(home.clone());
+    }
+    assert_eq!(homes.len(), 3, "sessions all went to {homes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_clients_follow_the_weights() {
     let servers = backends(&["b1", "b2"]).await;
     let gateway = Gateway::start(
