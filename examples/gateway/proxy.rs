@@ -1,4 +1,6 @@
 //! One backend of the gateway: an HTTP/1.1 client to one upstream server.
+//! Requests from HTTP/2 clients are made HTTP/1.1 on the way: origin-form
+//! target, one Cookie header, a Host.
 //!
 //! Connections are kept in small idle pools, one per worker thread: a
 //! connection's task runs on the thread that opened it, so a request takes
