@@ -68,11 +68,7 @@ async fn sessions_sharing_one_http2_connection_each_keep_their_backend() {
     // One connection for every session, as from a proxy in front that
     // carries its users' requests on one HTTP/2 connection: each request
     // goes where its own cookie says, not where the connection went.
-    let io = TokioIo::new(TcpStream::connect(gateway.addr).await.unwrap());
-    let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (sender, _) = http2_connection(gateway.addr).await;
     let addr = gateway.addr;
     let seen = in_parallel(0..30, 30, |_| {
         let mut sender = sender.clone();

@@ -71,11 +71,7 @@ async fn send(gateway: &Gateway, request: Request<Full<Bytes>>) -> Exchange {
 /// As `send`, over an HTTP/2 connection of its own (prior knowledge); the
 /// request's URI gives `:authority`.
 async fn send_http2(gateway: &Gateway, request: Request<Full<Bytes>>) -> Exchange {
-    let io = TokioIo::new(TcpStream::connect(gateway.addr).await.unwrap());
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _) = http2_connection(gateway.addr).await;
     let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
         .await
         .expect("request timed out")

@@ -11,12 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use hyper::body::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-
 mod support;
 
-use support::{announced, gateway_binary as gateway, wait_until};
+use support::{announced, gateway_binary as gateway, http2_connection, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_under_way() {
@@ -68,13 +65,9 @@ async fn sigterm_finishes_requests_under_way() {
         answer.extend_from_slice(&buffer[..n]);
     }
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
-    let io = TokioIo::new(TcpStream::connect(listen).await.unwrap());
-    let (mut http2, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-        .await
-        .unwrap();
-    let http2_closed = tokio::spawn(connection);
+    let (mut http2, http2_closed) = http2_connection(listen).await;
     let request = http::Request::get(format!("http://{listen}/fast"))
-        .body(http_body_util::Empty::<Bytes>::new())
+        .body(http_body_util::Full::default())
         .unwrap();
     let reply = http2.send_request(request).await.unwrap();
     assert_eq!(reply.status(), http::StatusCode::OK);

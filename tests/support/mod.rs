@@ -353,6 +353,21 @@ pub fn http_client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// An HTTP/2 connection to `addr` (prior knowledge), driven by a task of
+/// its own whose handle says how the connection ended.
+pub async fn http2_connection(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    JoinHandle<hyper::Result<()>>,
+) {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
 /// One browser: its own cookie jar (and extra headers) over a shared
 /// connection pool.
 pub struct Browser {
