@@ -54,14 +54,24 @@ impl Http2 {
     }
 
     async fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        self.write(kind, flags, stream, payload).await.unwrap();
+    }
+
+    async fn write(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
         let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
         let mut frame = vec![length[1], length[2], length[3], kind, flags];
         frame.extend_from_slice(&stream.to_be_bytes());
         frame.extend_from_slice(payload);
-        self.socket.write_all(&frame).await.unwrap();
+        self.socket.write_all(&frame).await
     }
 
-    /// Opens `stream` with a GET of `path`.
+    /// Opens `stream` with a GET of `path` (under 127 bytes).
     async fn get(&mut self, stream: u32, path: &str) {
         // HPACK: :method GET and :scheme http from the static table, then
         // :path and :authority as literals with the static table's names.
@@ -91,7 +101,8 @@ impl Http2 {
     }
 
     /// The next frame other than SETTINGS and PING, which are answered as
-    /// a client does; `None` once the gateway has closed the connection.
+    /// a client does (if the connection is still open for it); `None` once
+    /// the gateway has closed the connection.
     async fn next(&mut self) -> Option<Frame> {
         loop {
             let mut head = [0u8; 9];
@@ -107,8 +118,12 @@ impl Http2 {
                 payload,
             };
             match (frame.kind, frame.flags & ACK) {
-                (SETTINGS, 0) => self.send(SETTINGS, ACK, 0, &[]).await,
-                (PING, 0) => self.send(PING, ACK, 0, &frame.payload).await,
+                (SETTINGS, 0) => {
+                    let _ = self.write(SETTINGS, ACK, 0, &[]).await;
+                }
+                (PING, 0) => {
+                    let _ = self.write(PING, ACK, 0, &frame.payload).await;
+                }
                 (SETTINGS | PING, _) => {}
                 _ => return Some(frame),
             }
