@@ -115,6 +115,31 @@ async fn sessions_sharing_one_http2_connection_each_keep_their_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_to_the_demo_backends_are_answered_over_either_protocol() {
+    let servers = backends(&["b1", "b2", "b3"]).await;
+    let gateway = Gateway::start(&servers.iter().collect::<Vec<_>>(), &[]).await;
+    // Larger than the sockets and HTTP/2 windows hold, so the backend
+    // could answer before it has all of it.
+    let body = Bytes::from(vec![b'x'; 4 << 20]);
+    let post = || {
+        Request::post(format!("http://{}/cart", gateway.addr))
+            .body(Full::new(body.clone()))
+            .unwrap()
+    };
+    let (mut http2, _) = http2_connection(gateway.addr).await;
+    for round in 0..6 {
+        let response = if round % 2 == 0 {
+            gateway.http.request(post()).await.unwrap()
+        } else {
+            http2.send_request(post()).await.unwrap()
+        };
+        assert_eq!(response.status(), StatusCode::OK, "round {round}");
+        let answer = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(answer.ends_with(b" visit 1\n"), "round {round}: {answer:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_clients_follow_the_weights() {
     let servers = backends(&["b1", "b2"]).await;
     let gateway = Gateway::start(

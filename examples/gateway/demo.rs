@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::header::{COOKIE, SET_COOKIE};
@@ -14,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
+use http_body_util::BodyExt;
 
 /// The demo's own session cookie (the backend's, not the gateway's).
 const SESSION_COOKIE: &str = "demo_session";
@@ -36,7 +38,11 @@ fn session_id(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-async fn visit(State(demo): State<Demo>, headers: HeaderMap) -> Response {
+async fn visit(State(demo): State<Demo>, headers: HeaderMap, mut body: Body) -> Response {
+    // Takes in whatever was sent before answering, as an application does:
+    // a server that answers and closes with a body left unread resets the
+    // connection, which can cost the client the answer.
+    while let Some(Ok(_)) = body.frame().await {}
     let (id, new) = match session_id(&headers) {
         Some(id) => (id, false),
         None => {
