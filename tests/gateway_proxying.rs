@@ -218,19 +218,28 @@ async fn large_bodies_pass_intact_both_ways() {
     let body: Vec<u8> = (0..3 * 1024 * 1024u32)
         .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
         .collect();
-    let request = Request::builder()
-        .method(Method::PUT)
-        .uri(format!("http://{}/upload", gateway.addr))
-        .body(Full::new(Bytes::from(body.clone())))
-        .unwrap();
-    let seen = send(&gateway, request).await;
-    assert_eq!(seen.method, "PUT");
-    assert_eq!(
-        seen.received("content-length"),
-        [body.len().to_string().as_str()]
-    );
-    assert_eq!(seen.body.len(), body.len());
-    assert!(seen.body == body, "the body came back changed");
+    for http2 in [false, true] {
+        let request = Request::builder()
+            .method(Method::PUT)
+            .uri(format!("http://{}/upload", gateway.addr))
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        let seen = if http2 {
+            send_http2(&gateway, request).await
+        } else {
+            send(&gateway, request).await
+        };
+        assert_eq!(seen.method, "PUT");
+        assert_eq!(
+            seen.received("content-length"),
+            [body.len().to_string().as_str()]
+        );
+        assert_eq!(seen.body.len(), body.len(), "HTTP/2: {http2}");
+        assert!(
+            seen.body == body,
+            "the body came back changed (HTTP/2: {http2})"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
