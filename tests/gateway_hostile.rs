@@ -112,6 +112,35 @@ async fn oversized_headers_never_cause_a_5xx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused_and_never_reaches_a_backend() {
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = {
+        let requests = Arc::clone(&requests);
+        axum::Router::new().fallback(move || async move {
+            requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            "answered"
+        })
+    };
+    let backend = Backend::serve("b1", "127.0.0.1:0".parse().unwrap(), app).await;
+    let gateway = Gateway::start(&[&backend], &[]).await;
+
+    // A reverse proxy, not a forward one: no tunnel to anywhere, and no
+    // CONNECT passed to a backend that might open one.
+    let connect = b"CONNECT internal.example:22 HTTP/1.1\r\nHost: internal.example:22\r\n\r\n";
+    assert_eq!(raw_status(gateway.addr, connect).await, 501);
+    let (mut http2, _) = http2_connection(gateway.addr).await;
+    let request = Request::connect("internal.example:22")
+        .body(Full::default())
+        .unwrap();
+    let response = http2.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    gateway.assert_keeps_serving().await;
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secret_never_shows_in_logs_or_the_admin_api() {
     let servers = backends(&["b1", "b2"]).await;
     let gateway = Gateway::start_logging(&servers.iter().collect::<Vec<_>>(), &[], "trace").await;

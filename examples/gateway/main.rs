@@ -333,9 +333,18 @@ async fn serve(
                 let upload = client::Upload::new(&requests, stream.as_ref());
                 request.extensions_mut().insert(upload);
             }
-            let call = sticky.clone().oneshot(request);
+            // A reverse proxy, not a forward one: CONNECT would ask for a
+            // tunnel to anywhere, and no backend is asked to open one.
+            let call = (request.method() != http::Method::CONNECT)
+                .then(|| sticky.clone().oneshot(request));
             async move {
-                let response = call.await.unwrap_or_else(error_response);
+                let response = match call {
+                    Some(call) => call.await.unwrap_or_else(error_response),
+                    None => proxy::text(
+                        http::StatusCode::NOT_IMPLEMENTED,
+                        "this gateway does not open tunnels (CONNECT)",
+                    ),
+                };
                 Ok::<_, Infallible>(
                     response.map(|body| client::Tracked::new(body, in_progress, stream)),
                 )
