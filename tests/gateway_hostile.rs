@@ -1,6 +1,7 @@
 //! Hostile requests through the gateway process: oversized and malformed
-//! headers get a normal answer or a 4xx, never a 5xx; the signing secret
-//! never shows in its logs or its admin API.
+//! headers get a normal answer or a 4xx, never a 5xx; CONNECT and bodies
+//! in transfer codings other than chunked get 501 and reach no backend;
+//! the signing secret never shows in its logs or its admin API.
 
 mod support;
 
@@ -112,7 +113,7 @@ async fn oversized_headers_never_cause_a_5xx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_is_refused_and_never_reaches_a_backend() {
+async fn connect_and_unknown_transfer_codings_are_refused_before_any_backend() {
     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let app = {
         let requests = Arc::clone(&requests);
@@ -134,6 +135,11 @@ async fn connect_is_refused_and_never_reaches_a_backend() {
         .unwrap();
     let response = http2.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+    // A body in a coding the gateway cannot decode, and would otherwise
+    // hand on still gzipped but labelled plain chunked.
+    let gzipped =
+        b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
+    assert_eq!(raw_status(gateway.addr, gzipped).await, 501);
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
 
     gateway.assert_keeps_serving().await;

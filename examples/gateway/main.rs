@@ -333,17 +333,14 @@ async fn serve(
                 let upload = client::Upload::new(&requests, stream.as_ref());
                 request.extensions_mut().insert(upload);
             }
-            // A reverse proxy, not a forward one: CONNECT would ask for a
-            // tunnel to anywhere, and no backend is asked to open one.
-            let call = (request.method() != http::Method::CONNECT)
-                .then(|| sticky.clone().oneshot(request));
+            let call = match not_implemented(&request) {
+                None => Ok(sticky.clone().oneshot(request)),
+                Some(why) => Err(why),
+            };
             async move {
                 let response = match call {
-                    Some(call) => call.await.unwrap_or_else(error_response),
-                    None => proxy::text(
-                        http::StatusCode::NOT_IMPLEMENTED,
-                        "this gateway does not open tunnels (CONNECT)",
-                    ),
+                    Ok(call) => call.await.unwrap_or_else(error_response),
+                    Err(why) => proxy::text(http::StatusCode::NOT_IMPLEMENTED, why),
                 };
                 Ok::<_, Infallible>(
                     response.map(|body| client::Tracked::new(body, in_progress, stream)),
@@ -394,6 +391,35 @@ async fn serve(
             }
         });
     }
+}
+
+/// Why the gateway answers `request` 501 itself, before choosing a
+/// backend, if it does:
+/// - CONNECT: a reverse proxy opens no tunnels, and passing CONNECT on
+///   would make a backend that is itself a forward proxy an open one;
+/// - a body in a transfer coding other than chunked: the gateway can
+///   neither decode it nor pass it on as it came (RFC 9112, 6.1).
+fn not_implemented(request: &Request<Incoming>) -> Option<&'static str> {
+    if request.method() == http::Method::CONNECT {
+        return Some("this gateway does not open tunnels (CONNECT)");
+    }
+    // Only a body of unknown length can have come in a transfer coding.
+    let body = request.body();
+    if body.is_end_stream() || body.size_hint().exact().is_some() {
+        return None;
+    }
+    let codings = request
+        .headers()
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    for coding in codings {
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Some("transfer codings other than chunked are not supported");
+        }
+    }
+    None
 }
 
 /// 503 for a session that may not move (strict mode) or no backend at
