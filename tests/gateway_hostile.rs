@@ -1,6 +1,7 @@
 //! Hostile requests through the gateway process: oversized and malformed
-//! headers get a normal answer or a 4xx, never a 5xx; CONNECT and bodies
-//! in transfer codings other than chunked get 501 and reach no backend;
+//! headers get a normal answer or a 4xx, never a 5xx; two Host headers,
+//! or none in HTTP/1.1, get 400, and CONNECT and bodies in transfer codings
+//! other than chunked get 501, none of them reaching a backend;
 //! the signing secret never shows in its logs or its admin API.
 
 mod support;
@@ -113,7 +114,7 @@ async fn oversized_headers_never_cause_a_5xx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_and_unknown_transfer_codings_are_refused_before_any_backend() {
+async fn requests_the_gateway_cannot_pass_on_safely_are_refused_before_any_backend() {
     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let app = {
         let requests = Arc::clone(&requests);
@@ -140,10 +141,23 @@ async fn connect_and_unknown_transfer_codings_are_refused_before_any_backend() {
     let gzipped =
         b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
     assert_eq!(raw_status(gateway.addr, gzipped).await, 501);
+    // Two hosts, which the gateway and a backend could each read their own
+    // way, and an HTTP/1.1 request with none.
+    let two_hosts = b"GET / HTTP/1.1\r\nHost: shop.example\r\nHost: admin.internal\r\n\r\n";
+    assert_eq!(raw_status(gateway.addr, two_hosts).await, 400);
+    assert_eq!(
+        raw_status(gateway.addr, b"GET / HTTP/1.1\r\n\r\n").await,
+        400
+    );
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
 
+    // HTTP/1.0 needs no Host; everything else is served as before.
+    assert_eq!(
+        raw_status(gateway.addr, b"GET / HTTP/1.0\r\n\r\n").await,
+        200
+    );
     gateway.assert_keeps_serving().await;
-    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

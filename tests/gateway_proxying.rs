@@ -211,6 +211,44 @@ async fn an_http2_request_reaches_the_backend_as_http11() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_names_the_host() {
+    use tokio::io::AsyncWriteExt;
+
+    let backend = echo_backend("echo").await;
+    let gateway = Gateway::start(&[&backend], &["--preserve-host"]).await;
+    // The target's authority counts, not Host (RFC 9112, 3.2.2).
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET http://shop.example/cart HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let received = answer
+        .lines()
+        .find_map(|line| line.strip_prefix("x-received: "))
+        .unwrap_or_else(|| panic!("not the echo backend's answer: {answer}"));
+    let received: Value = serde_json::from_str(received).unwrap();
+    assert_eq!(received["target"], "/cart");
+    let headers = received["headers"].as_array().unwrap();
+    let values = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|pair| pair[0] == name)
+            .map(|pair| pair[1].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(values("host"), ["shop.example"]);
+    assert_eq!(values("x-forwarded-host"), ["shop.example"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_pass_intact_both_ways() {
     let backend = echo_backend("echo").await;
     let gateway = Gateway::start(&[&backend], &[]).await;

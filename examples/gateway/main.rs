@@ -333,14 +333,14 @@ async fn serve(
                 let upload = client::Upload::new(&requests, stream.as_ref());
                 request.extensions_mut().insert(upload);
             }
-            let call = match not_implemented(&request) {
+            let call = match refusal(&request) {
                 None => Ok(sticky.clone().oneshot(request)),
-                Some(why) => Err(why),
+                Some(refused) => Err(refused),
             };
             async move {
                 let response = match call {
                     Ok(call) => call.await.unwrap_or_else(error_response),
-                    Err(why) => proxy::text(http::StatusCode::NOT_IMPLEMENTED, why),
+                    Err((status, why)) => proxy::text(status, why),
                 };
                 Ok::<_, Infallible>(
                     response.map(|body| client::Tracked::new(body, in_progress, stream)),
@@ -393,15 +393,31 @@ async fn serve(
     }
 }
 
-/// Why the gateway answers `request` 501 itself, before choosing a
-/// backend, if it does:
-/// - CONNECT: a reverse proxy opens no tunnels, and passing CONNECT on
-///   would make a backend that is itself a forward proxy an open one;
-/// - a body in a transfer coding other than chunked: the gateway can
+/// The status and reason with which the gateway answers `request` itself,
+/// before choosing a backend, if it does:
+/// - more than one Host header, or none in HTTP/1.1: 400, as RFC 9112
+///   (3.2) has a server answer, so that the gateway and a backend cannot
+///   take a request for two different hosts;
+/// - CONNECT: 501; a reverse proxy opens no tunnels, and passing CONNECT
+///   on would make a backend that is itself a forward proxy an open one;
+/// - a body in a transfer coding other than chunked: 501; the gateway can
 ///   neither decode it nor pass it on as it came (RFC 9112, 6.1).
-fn not_implemented(request: &Request<Incoming>) -> Option<&'static str> {
+fn refusal(request: &Request<Incoming>) -> Option<(http::StatusCode, &'static str)> {
+    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => {
+            return Some((http::StatusCode::BAD_REQUEST, "more than one Host header"));
+        }
+        (None, _) if request.version() == http::Version::HTTP_11 => {
+            return Some((http::StatusCode::BAD_REQUEST, "no Host header"));
+        }
+        _ => {}
+    }
     if request.method() == http::Method::CONNECT {
-        return Some("this gateway does not open tunnels (CONNECT)");
+        return Some((
+            http::StatusCode::NOT_IMPLEMENTED,
+            "this gateway does not open tunnels (CONNECT)",
+        ));
     }
     // Only a body of unknown length can have come in a transfer coding.
     let body = request.body();
@@ -416,7 +432,10 @@ fn not_implemented(request: &Request<Incoming>) -> Option<&'static str> {
         .map(<[u8]>::trim_ascii);
     for coding in codings {
         if !coding.eq_ignore_ascii_case(b"chunked") {
-            return Some("transfer codings other than chunked are not supported");
+            return Some((
+                http::StatusCode::NOT_IMPLEMENTED,
+                "transfer codings other than chunked are not supported",
+            ));
         }
     }
     None

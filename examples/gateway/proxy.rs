@@ -476,12 +476,14 @@ fn header_value(bytes: Vec<u8>) -> Option<HeaderValue> {
 /// asks for an HTTP/1.1 upgrade.
 fn prepare(request: &mut Request<Incoming>, upstream: &Inner, upgrade: bool) {
     let client = request.extensions().get::<SocketAddr>().map(|a| a.ip());
-    let original_host = request.headers().get(header::HOST).cloned().or_else(|| {
-        request
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The host the client asked for: the target's authority when it has
+    // one (HTTP/2's :authority, or an absolute-form target, which RFC 9112
+    // (3.2.2) puts before Host), else Host.
+    let original_host = request
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| request.headers().get(header::HOST).cloned());
     // The backend gets the origin form (path and query) even from a client
     // that sent the absolute form.
     if request.uri().scheme().is_some() || request.uri().authority().is_some() {
