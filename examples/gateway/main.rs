@@ -340,7 +340,10 @@ async fn serve(
             async move {
                 let response = match call {
                     Ok(call) => call.await.unwrap_or_else(error_response),
-                    Err((status, why)) => proxy::text(status, why),
+                    Err((status, why)) => {
+                        tracing::debug!(status = status.as_u16(), "request refused: {why}");
+                        proxy::text(status, why)
+                    }
                 };
                 Ok::<_, Infallible>(
                     response.map(|body| client::Tracked::new(body, in_progress, stream)),
