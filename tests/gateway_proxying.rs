@@ -248,6 +248,61 @@ async fn an_absolute_form_target_names_the_host() {
     assert_eq!(values("x-forwarded-host"), ["shop.example"]);
 }
 
+/// A backend that reads each request head and answers with `answer`,
+/// bytes as they are, then closes.
+async fn raw_answer_backend(answer: &'static [u8]) -> Backend {
+    use tokio::io::AsyncWriteExt;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = stream.write_all(answer).await;
+            });
+        }
+    });
+    Backend {
+        name: "raw".to_owned(),
+        addr,
+        shutdown: None,
+        task: Some(task),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coded_answer_is_passed_on_framed_right_or_not_at_all() {
+    // Chunked, and a Content-Length that the coding overrides (RFC 9112,
+    // 6.3): the client gets the decoded body, not a length it would wait
+    // for in vain.
+    let both = raw_answer_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    let gateway = Gateway::start(&[&both], &[]).await;
+    let reply = gateway.browser().get("/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "abc");
+
+    // A coding the gateway cannot decode: 502, not the body still gzipped
+    // but labelled plain.
+    let gzipped = raw_answer_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    let gateway = Gateway::start(&[&gzipped], &[]).await;
+    let reply = gateway.browser().get("/").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_pass_intact_both_ways() {
     let backend = echo_backend("echo").await;

@@ -427,21 +427,10 @@ fn refusal(request: &Request<Incoming>) -> Option<(http::StatusCode, &'static st
     if body.is_end_stream() || body.size_hint().exact().is_some() {
         return None;
     }
-    let codings = request
-        .headers()
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii);
-    for coding in codings {
-        if !coding.eq_ignore_ascii_case(b"chunked") {
-            return Some((
-                http::StatusCode::NOT_IMPLEMENTED,
-                "transfer codings other than chunked are not supported",
-            ));
-        }
-    }
-    None
+    proxy::unknown_transfer_coding(request.headers()).then_some((
+        http::StatusCode::NOT_IMPLEMENTED,
+        "transfer codings other than chunked are not supported",
+    ))
 }
 
 /// 503 for a session that may not move (strict mode) or no backend at

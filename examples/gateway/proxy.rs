@@ -274,7 +274,7 @@ impl Upstream {
         if !upgrade {
             while let Some(mut conn) = self.take_idle() {
                 match conn.exchange(request, &mut handed_over).await? {
-                    Ok(response) => return Ok(self.finish(response, conn)),
+                    Ok(response) => return self.finish(response, conn),
                     Err(mut error) => match error.take_message() {
                         Some(unsent) => request = unsent,
                         None => return Err(ProxyError::new(error.into_error())),
@@ -316,21 +316,31 @@ impl Upstream {
                 ));
             }
         }
-        Ok(self.finish(response, conn))
+        self.finish(response, conn)
     }
 
     /// The client's response: hop-by-hop headers removed, and a body that
-    /// returns `conn` to the pool once read to the end.
-    fn finish(&self, response: Response<Incoming>, mut conn: Conn) -> Response<Body> {
+    /// returns `conn` to the pool once read to the end. A body in a
+    /// transfer coding hyper does not decode is an error: passed on, it
+    /// would reach the client still coded but labelled plain.
+    fn finish(
+        &self,
+        response: Response<Incoming>,
+        mut conn: Conn,
+    ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
+        if strip_hop_by_hop(&mut parts.headers, false) {
+            return Err(ProxyError::new(
+                "the response is in a transfer coding other than chunked",
+            ));
+        }
         // The backend's time for the body's first part starts now.
         conn.arm();
         let body = Leased {
             body,
             lease: Some((self.clone(), conn)),
         };
-        Response::from_parts(parts, body.boxed())
+        Ok(Response::from_parts(parts, body.boxed()))
     }
 }
 
@@ -381,9 +391,24 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether `headers` name a transfer coding other than chunked, the only
+/// one hyper decodes: a body in it cannot be passed on as it came.
+pub fn unknown_transfer_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|coding| !coding.eq_ignore_ascii_case(b"chunked"))
+}
+
 /// Removes hop-by-hop headers, and those the `Connection` header names.
-/// An upgrade keeps `Connection: upgrade` and `Upgrade`.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+/// An upgrade keeps `Connection: upgrade` and `Upgrade`. A message that
+/// came with Transfer-Encoding also loses any Content-Length, which the
+/// coding overrides (RFC 9112, 6.3) and which the body, decoded, need not
+/// match. Returns whether the Transfer-Encoding named a coding other than
+/// chunked.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     // One pass over the names finds the few present (often none): cheaper
     // than a lookup of each.
     let mut found = [false; HOP_BY_HOP.len()];
@@ -432,6 +457,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
+    let mut unknown_coding = false;
+    if found[7] {
+        unknown_coding = unknown_transfer_coding(headers);
+        headers.remove(header::CONTENT_LENGTH);
+    }
     for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, found)| *found) {
         headers.remove(name);
     }
@@ -440,6 +470,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else if upgrade {
         headers.remove(header::UPGRADE);
     }
+    unknown_coding
 }
 
 /// Appends `ip` in its textual form. Written out by hand for IPv4: the
@@ -498,7 +529,8 @@ fn prepare(request: &mut Request<Incoming>, upstream: &Inner, upgrade: bool) {
     *request.version_mut() = Version::HTTP_11;
 
     let headers = request.headers_mut();
-    strip_hop_by_hop(headers, upgrade);
+    // A body in a coding other than chunked was refused before.
+    let _ = strip_hop_by_hop(headers, upgrade);
     if from_http2 {
         join_cookies(headers);
     }
@@ -846,6 +878,25 @@ mod tests {
             };
             assert_eq!(left, expected, "keep_upgrade: {keep_upgrade}");
         }
+    }
+
+    #[test]
+    fn a_transfer_coding_drops_content_length_and_unknown_ones_are_told() {
+        for (coding, unknown) in [
+            ("chunked", false),
+            ("Chunked", false),
+            ("gzip, chunked", true),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+            headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static(coding));
+            assert_eq!(strip_hop_by_hop(&mut headers, false), unknown, "{coding}");
+            assert!(headers.is_empty(), "{coding}: {headers:?}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        assert!(!strip_hop_by_hop(&mut headers, false));
+        assert_eq!(headers.len(), 1, "no coding: the length stays");
     }
 
     #[test]
