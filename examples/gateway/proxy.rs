@@ -399,6 +399,8 @@ pub fn unknown_transfer_coding(headers: &HeaderMap) -> bool {
         .iter()
         .flat_map(|value| value.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
+        // Empty list elements are allowed, and ignored (RFC 9110, 5.6.1.2).
+        .filter(|coding| !coding.is_empty())
         .any(|coding| !coding.eq_ignore_ascii_case(b"chunked"))
 }
 
@@ -885,6 +887,7 @@ mod tests {
         for (coding, unknown) in [
             ("chunked", false),
             ("Chunked", false),
+            (" , chunked", false),
             ("gzip, chunked", true),
         ] {
             let mut headers = HeaderMap::new();
