@@ -251,31 +251,11 @@ async fn an_absolute_form_target_names_the_host() {
 /// A backend that reads each request head and answers with `answer`,
 /// bytes as they are, then closes.
 async fn raw_answer_backend(answer: &'static [u8]) -> Backend {
-    use tokio::io::AsyncWriteExt;
-
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let _ = stream.write_all(answer).await;
-            });
-        }
-    });
-    Backend {
-        name: "raw".to_owned(),
-        addr,
-        shutdown: None,
-        task: Some(task),
-    }
+    raw_backend("raw", move |mut stream| async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = stream.write_all(answer).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,40 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------ backends
 
+/// A backend that accepts connections, reads what it is sent, and then
+/// does what `answer` does with the connection after the request head.
+pub async fn raw_backend<F, Fut>(name: &str, answer: F) -> Backend
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = Arc::clone(&answer);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                answer(stream).await;
+            });
+        }
+    });
+    Backend {
+        name: name.to_owned(),
+        addr,
+        shutdown: None,
+        task: Some(task),
+    }
+}
+
 /// A backend whose every answer is `size` bytes: more than the sockets
 /// between it and a client can hold.
 pub async fn big_backend(size: usize) -> Backend {
