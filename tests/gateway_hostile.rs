@@ -2,7 +2,8 @@
 //! headers get a normal answer or a 4xx, never a 5xx; two Host headers,
 //! or none in HTTP/1.1, get 400, and CONNECT and bodies in transfer codings
 //! other than chunked get 501, none of them reaching a backend;
-//! the signing secret never shows in its logs or its admin API.
+//! running out of files pauses accepting rather than spinning on it; the
+//! signing secret never shows in its logs or its admin API.
 
 mod support;
 
@@ -158,6 +159,36 @@ async fn requests_the_gateway_cannot_pass_on_safely_are_refused_before_any_backe
     );
     gateway.assert_keeps_serving().await;
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_files_pauses_accepting_instead_of_spinning() {
+    let backend = Backend::start("b1").await;
+    let gateway = Gateway::start_with_file_limit(&[&backend], &[], 64).await;
+
+    // More connections than the gateway has files for, held for a second:
+    // those it cannot take wait in the listen queue.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(TcpStream::connect(gateway.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let failures = gateway.log().matches("accept failed").count();
+    assert!(failures > 0, "the file limit was never reached");
+    // Retrying at once would fail again at once, taking a core and
+    // writing a warning each time.
+    assert!(
+        failures < 20,
+        "{failures} failed accepts logged in a second"
+    );
+
+    // Once the clients go, their files are free and it serves again.
+    drop(held);
+    wait_until("the gateway to serve again", || async {
+        let reply = gateway.browser().try_get("/").await;
+        reply.is_ok_and(|reply| reply.status == StatusCode::OK)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,10 @@ use proxy::{ProxyError, ProxyOptions, Upstream};
 /// How long shutdown waits for requests under way.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long accepting pauses when it fails for want of files or memory
+/// (as nginx does): trying again at once would fail again at once.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(500);
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -184,8 +188,17 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
+                    // A connection that went before it was taken is no
+                    // reason to stop.
+                    Err(error) if is_connection_error(&error) => {
+                        tracing::debug!(%error, "accept failed");
+                        continue;
+                    }
+                    // Out of files or memory: connections wait in the
+                    // listen queue meanwhile.
                     Err(error) => {
-                        tracing::warn!(%error, "accept failed");
+                        tracing::warn!(%error, "accept failed; pausing for {ACCEPT_PAUSE:?}");
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
                         continue;
                     }
                 };
@@ -468,6 +481,17 @@ async fn bind(address: SocketAddr, flag: &str) -> (tokio::net::TcpListener, Sock
         eprintln!("error: {flag} {address}: {e}");
         std::process::exit(1);
     })
+}
+
+/// Whether an accept failed for the connection's own sake (its client
+/// went away first), not the gateway's.
+fn is_connection_error(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// The key ring: from --secret-file, else STICKY_SECRET, else a random key.

@@ -267,7 +267,32 @@ impl Gateway {
 
     /// Like [`start`](Self::start), logging at `level` (`RUST_LOG`).
     pub async fn start_logging(backends: &[&Backend], args: &[&str], level: &str) -> Gateway {
-        let mut command = Command::new(gateway_binary());
+        Self::launch(Command::new(gateway_binary()), backends, args, level).await
+    }
+
+    /// Like [`start`](Self::start), allowed at most `files` open files
+    /// (the shell's `ulimit -n`, then the gateway in its place).
+    pub async fn start_with_file_limit(
+        backends: &[&Backend],
+        args: &[&str],
+        files: u32,
+    ) -> Gateway {
+        let mut command = Command::new("bash");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+            .arg(gateway_binary());
+        Self::launch(command, backends, args, "info").await
+    }
+
+    /// Runs `command` (the gateway, or what execs it) with the flags for
+    /// `backends` and `args`, and waits until it listens.
+    async fn launch(
+        mut command: Command,
+        backends: &[&Backend],
+        args: &[&str],
+        level: &str,
+    ) -> Gateway {
         // Free ports, picked by the gateway itself: a port picked here and
         // closed again could be taken by someone else before it binds.
         command
