@@ -1,6 +1,8 @@
 //! SIGTERM: the gateway stops accepting, finishes requests under way,
-//! closes idle connections (HTTP/2 with a GOAWAY), and exits cleanly.
+//! closes idle connections (HTTP/2 with a GOAWAY), and exits cleanly; a
+//! connection left halfway holds it up no longer than the client timeout.
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +11,41 @@ use axum::routing::get;
 use axum::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::process::Child;
 use tokio::sync::Notify;
 
 mod support;
 
 use support::{announced, gateway_binary as gateway, http2_connection, wait_until};
+
+/// Starts the gateway with `args` besides its addresses (both on free
+/// ports); returns it, its address and its admin address.
+async fn spawn_gateway(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+    let mut child = tokio::process::Command::new(gateway())
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(args)
+        .env("STICKY_SECRET", "shutdown test secret, 32 bytes..")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (listen, admin) = announced(&mut child)
+        .await
+        .expect("the gateway exited before it listened");
+    (child, listen, admin)
+}
+
+/// Sends SIGTERM to `child`.
+fn terminate(child: &Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_under_way() {
@@ -37,19 +69,8 @@ async fn sigterm_finishes_requests_under_way() {
     let backend_addr = backend.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(backend, app).await.unwrap() });
 
-    let mut child = tokio::process::Command::new(gateway())
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--backend", &format!("slow=http://{backend_addr}")])
-        .env("STICKY_SECRET", "shutdown test secret, 32 bytes..")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (listen, _admin) = announced(&mut child)
-        .await
-        .expect("the gateway exited before it listened");
+    let backend = format!("slow=http://{backend_addr}");
+    let (mut child, listen, _admin) = spawn_gateway(&["--backend", &backend]).await;
 
     // Two idle kept-alive connections, HTTP/1.1 and HTTP/2, each having
     // had an answer...
@@ -81,12 +102,7 @@ async fn sigterm_finishes_requests_under_way() {
     arrived.notified().await;
 
     // ...when SIGTERM comes.
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    terminate(&child);
     wait_until("the listener to close", || async move {
         TcpStream::connect(listen).await.is_err()
     })
@@ -116,6 +132,40 @@ async fn sigterm_finishes_requests_under_way() {
     let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("the gateway exits once idle")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_admin_connection_does_not_hold_up_shutdown() {
+    let (mut child, _listen, admin) = spawn_gateway(&["--client-timeout", "1"]).await;
+
+    // Half a request head on the admin listener, then nothing more; and
+    // an idle kept-alive admin connection, having had an answer.
+    let mut stalled = TcpStream::connect(admin).await.unwrap();
+    stalled
+        .write_all(b"GET /backends HTTP/1.1\r\nHost: test\r\n")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(admin).await.unwrap();
+    idle.write_all(b"GET /backends HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.ends_with(b"]") {
+        let n = idle.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "closed before answering: {answer:?}");
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+
+    // The stalled one is cut after the client timeout, like any client's,
+    // and then the gateway is done.
+    terminate(&child);
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the gateway exits within the client timeout")
         .unwrap();
     assert!(exit.success(), "{exit}");
 }

@@ -5,7 +5,8 @@
 //! answers, one that stops reading a request body, one that stops
 //! mid-body; and requests in progress for longer than a timeout that must
 //! not count against them: an upload, a backend slower than the client
-//! timeout, a slow but steady reader and a quiet WebSocket. HTTP/2
+//! timeout, a slow but steady reader and a quiet WebSocket. The admin
+//! listener's connections are held to the client timeout too. HTTP/2
 //! clients frame by frame are in `gateway_http2.rs`.
 //!
 //! Timers never fire early, so each test also checks that nothing was cut
@@ -117,6 +118,47 @@ async fn slow_and_idle_clients_are_disconnected_after_the_client_timeout() {
     assert!(answered.elapsed() >= Duration::from_secs(1));
 
     gateway.assert_keeps_serving().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_are_held_to_the_client_timeout_too() {
+    let backend = Backend::start("b1").await;
+    let gateway = Gateway::start(&[&backend], &["--client-timeout", "1"]).await;
+
+    // Nothing at all, half a request head, a request whose body stops
+    // short, and a connection idle after its answer.
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for sent in [
+        &b""[..],
+        b"GET /backends HTTP/1.1\r\nHost: test\r\n",
+        b"POST /backends HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"name\":",
+        b"GET /backends HTTP/1.1\r\nHost: test\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(gateway.admin).await.unwrap();
+        stream.write_all(sent).await.unwrap();
+        stalled.push((sent, stream));
+    }
+    for (sent, mut stream) in stalled {
+        let (got, closed) = read_to_close(&mut stream).await;
+        let sent = String::from_utf8_lossy(sent);
+        assert!(closed, "an admin client that sent {sent:?} was kept");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "cut after {:?}, before the 1 s timeout",
+            started.elapsed()
+        );
+        // Only the whole request was answered.
+        let got = String::from_utf8_lossy(&got);
+        assert_eq!(
+            got.starts_with("HTTP/1.1 200"),
+            sent.ends_with("\r\n\r\n"),
+            "{got}"
+        );
+    }
+    // No backend was added by the cut request.
+    assert_eq!(gateway.list().await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,7 +98,8 @@ pub struct Args {
     /// for room to write a response (over HTTP/2, on every stream in
     /// progress at once). Past it the client is disconnected (an idle
     /// HTTP/2 client after a GOAWAY). A slow but steady upload or reader,
-    /// and a slow backend, are not cut.
+    /// and a slow backend, are not cut. Connections to the admin listener
+    /// are held to it too.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub client_timeout: u64,
 

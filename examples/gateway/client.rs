@@ -3,7 +3,7 @@
 //! longer coming, or its response no longer read.
 //!
 //! A connection is idle from its start, and from the end of each response,
-//! until the head of its next request is in. The worker closes a connection
+//! until the head of its next request is in. The gateway closes a connection
 //! idle for longer than the client timeout: one that sent nothing, or part
 //! of a request head (or of HTTP/2's preface), or nothing more after its
 //! last answer. This holds for HTTP/1.1 and HTTP/2 alike; an HTTP/2
@@ -53,6 +53,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::sync::watch::Receiver;
 use tokio::time::{Instant, Sleep};
 
 use crate::stall::Stall;
@@ -97,9 +99,28 @@ impl Activity {
         Arc::clone(&self.writing)
     }
 
+    /// Marks `request`, whose head is in, as in progress until the body
+    /// of its response is done with (see [`Started::track`]). Returns it
+    /// started and, if it has a body, the [`Upload`] for whoever reads it.
+    pub fn start<B: Body>(
+        self: &Arc<Self>,
+        request: &http::Request<B>,
+    ) -> (Started, Option<Upload>) {
+        let in_progress = self.begin();
+        let stream = (request.version() == http::Version::HTTP_2).then(|| Stream::new(self));
+        let upload = (!request.body().is_end_stream()).then(|| Upload::new(self, stream.as_ref()));
+        (
+            Started {
+                in_progress,
+                stream,
+            },
+            upload,
+        )
+    }
+
     /// Marks a request, whose head is in, as in progress until the guard
     /// is dropped (with its response's body, see [`Tracked`]).
-    pub fn begin(self: &Arc<Self>) -> InProgress {
+    fn begin(self: &Arc<Self>) -> InProgress {
         self.in_progress.fetch_add(1, Ordering::Relaxed);
         // A new stream is not waiting on the client.
         self.all_streams_waiting.end();
@@ -150,6 +171,21 @@ impl Activity {
     }
 }
 
+/// A request in progress, from [`Activity::start`].
+pub struct Started {
+    in_progress: InProgress,
+    /// The HTTP/2 stream it came on, if it did.
+    stream: Option<Arc<Stream>>,
+}
+
+impl Started {
+    /// The response's `body`, keeping the request in progress until it is
+    /// done with.
+    pub fn track<B>(self, body: B) -> Tracked<B> {
+        Tracked::new(body, self.in_progress, self.stream)
+    }
+}
+
 /// A request in progress; dropping it ends the request.
 pub struct InProgress(Arc<Activity>);
 
@@ -178,7 +214,7 @@ const RESPONSE: u8 = 2;
 
 impl Stream {
     /// A stream on the connection `activity` follows, waiting on nothing.
-    pub fn new(activity: &Arc<Activity>) -> Arc<Stream> {
+    fn new(activity: &Arc<Activity>) -> Arc<Stream> {
         Arc::new(Stream {
             activity: Arc::clone(activity),
             waits: AtomicU8::new(0),
@@ -219,7 +255,7 @@ pub struct Tracked<B> {
 
 impl<B> Tracked<B> {
     /// `body`, ending `request` when dropped; `stream` for HTTP/2.
-    pub fn new(body: B, request: InProgress, stream: Option<Arc<Stream>>) -> Tracked<B> {
+    fn new(body: B, request: InProgress, stream: Option<Arc<Stream>>) -> Tracked<B> {
         Tracked {
             body,
             stream,
@@ -290,7 +326,7 @@ enum Uploader {
 impl Upload {
     /// The body of a request on the connection `activity` follows, or on
     /// its HTTP/2 stream `stream`.
-    pub fn new(activity: &Arc<Activity>, stream: Option<&Arc<Stream>>) -> Upload {
+    fn new(activity: &Arc<Activity>, stream: Option<&Arc<Stream>>) -> Upload {
         Upload(match stream {
             Some(stream) => Uploader::Stream(Arc::clone(stream)),
             None => Uploader::Connection(Arc::clone(activity)),
@@ -319,6 +355,56 @@ impl Upload {
 impl Drop for Upload {
     fn drop(&mut self) {
         self.got();
+    }
+}
+
+/// A request body that tells the client timeout, through its [`Upload`],
+/// when its reader has to wait for more of it from the client.
+pub struct Uploading<B> {
+    body: B,
+    upload: Option<Upload>,
+}
+
+impl<B> Uploading<B> {
+    /// `body`, followed by `upload` (`None` for a body with nothing to
+    /// come).
+    pub fn new(body: B, upload: Option<Upload>) -> Uploading<B> {
+        Uploading { body, upload }
+    }
+
+    /// The body and its upload, taken apart again.
+    pub fn into_parts(self) -> (B, Option<Upload>) {
+        (self.body, self.upload)
+    }
+}
+
+impl<B> Body for Uploading<B>
+where
+    B: Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let poll = Pin::new(&mut self.body).poll_frame(cx);
+        if let Some(upload) = &self.upload {
+            match poll {
+                Poll::Pending => upload.waiting(),
+                Poll::Ready(_) => upload.got(),
+            }
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -400,6 +486,47 @@ impl ClientTimer {
     /// request had just ended: time to close it politely.
     pub fn start_over(&mut self) {
         self.activity.idle_from_now();
+    }
+}
+
+/// Serves `connection` to its end under the client timeout that `timer`
+/// keeps, and closes it politely once `stop` turns true (the gateway
+/// shutting down): HTTP/1.1 once its response is out (at once when idle),
+/// HTTP/2 with a GOAWAY, once its streams are done. An idle connection is
+/// closed politely too, with one more timeout to do it; a stalled one, or
+/// one idle again while closing, is dropped. `stop` is held until the
+/// connection ends, so that shutdown can wait for every receiver to go.
+pub async fn drive<C>(connection: C, mut timer: ClientTimer, mut stop: Receiver<bool>)
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut stopping = std::pin::pin!(stop.wait_for(|&stopped| stopped));
+    let mut closing = false;
+    let ended = std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(ended));
+        }
+        if !closing && stopping.as_mut().poll(cx).is_ready() {
+            connection.as_mut().graceful_shutdown();
+            closing = true;
+            continue;
+        }
+        match std::task::ready!(timer.poll_expired(cx)) {
+            Expired::Idle if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+                timer.start_over();
+            }
+            Expired::Idle | Expired::Stalled => return Poll::Ready(None),
+        }
+    })
+    .await;
+    match ended {
+        None => tracing::debug!("client connection idle or stalled too long; closed"),
+        Some(Err(error)) => tracing::debug!(%error, "client connection ended"),
+        Some(Ok(())) => {}
     }
 }
 

@@ -23,9 +23,7 @@ mod proxy;
 mod stall;
 
 use std::convert::Infallible;
-use std::future::Future as _;
 use std::net::SocketAddr;
-use std::task::Poll;
 use std::time::Duration;
 
 use clap::Parser;
@@ -160,17 +158,16 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         println!("try: curl -c jar -b jar http://{address}/");
     }
 
-    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(async move {
-        let app = admin::router(backends, options);
-        let _ = axum::serve(admin_listener, app)
-            .with_graceful_shutdown(async {
-                let _ = admin_stopped.await;
-            })
-            .await;
-    });
-
     let client_timeout = Duration::from_secs(args.client_timeout);
+    // Each connection holds a receiver until it ends; the sender says
+    // when to stop, and finds out when all of them have ended.
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let admin = tokio::spawn(serve_admin(
+        admin_listener,
+        admin::router(backends, options),
+        client_timeout,
+        stop.subscribe(),
+    ));
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers {
@@ -178,30 +175,11 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         queues.push(queue);
         threads.push(worker(index, sticky.clone(), client_timeout, accepted));
     }
-    // Each connection holds a receiver until it ends; the sender says
-    // when to stop, and finds out when all of them have ended.
-    let (stop, _) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut next = 0;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    // A connection that went before it was taken is no
-                    // reason to stop.
-                    Err(error) if is_connection_error(&error) => {
-                        tracing::debug!(%error, "accept failed");
-                        continue;
-                    }
-                    // Out of files or memory: connections wait in the
-                    // listen queue meanwhile.
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed; pausing for {ACCEPT_PAUSE:?}");
-                        tokio::time::sleep(ACCEPT_PAUSE).await;
-                        continue;
-                    }
-                };
+            (stream, peer) = next_connection(&listener) => {
                 let _ = stream.set_nodelay(true);
                 // Off this thread's reactor, onto the worker's.
                 let stream = match stream.into_std() {
@@ -248,7 +226,6 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     }
     // Closing the queues stops the workers.
     drop(queues);
-    let _ = stop_admin.send(());
     let _ = admin.await;
     threads
 }
@@ -321,12 +298,7 @@ async fn serve(
     // The client timeout is kept by each connection's task (see the client
     // module), not by hyper's header timer.
     server.http1().writev(false).header_read_timeout(None);
-    while let Some(Accepted {
-        stream,
-        peer,
-        mut stop,
-    }) = accepted.recv().await
-    {
+    while let Some(Accepted { stream, peer, stop }) = accepted.recv().await {
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => stream,
             Err(error) => {
@@ -338,12 +310,9 @@ async fn serve(
         let activity = client::Activity::new();
         let requests = std::sync::Arc::clone(&activity);
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            let in_progress = requests.begin();
+            let (started, upload) = requests.start(&request);
             request.extensions_mut().insert(peer);
-            let stream = (request.version() == http::Version::HTTP_2)
-                .then(|| client::Stream::new(&requests));
-            if !request.body().is_end_stream() {
-                let upload = client::Upload::new(&requests, stream.as_ref());
+            if let Some(upload) = upload {
                 request.extensions_mut().insert(upload);
             }
             let call = match refusal(&request) {
@@ -358,54 +327,74 @@ async fn serve(
                         proxy::text(status, why)
                     }
                 };
-                Ok::<_, Infallible>(
-                    response.map(|body| client::Tracked::new(body, in_progress, stream)),
-                )
+                Ok::<_, Infallible>(response.map(|body| started.track(body)))
             }
         });
         let stream = stall::Watched::new(stream, activity.writing());
         let connection = server
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        tokio::spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let mut timer = client::ClientTimer::new(activity, client_timeout);
-            // Held until the connection ends, as the main thread waits for
-            // every receiver to go.
-            let mut stopping = std::pin::pin!(stop.wait_for(|&stopped| stopped));
-            let mut closing = false;
-            let ended = std::future::poll_fn(|cx| loop {
-                if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
-                    return Poll::Ready(Some(ended));
-                }
-                // Closing politely: HTTP/1.1 closes once its response is
-                // out (at once when idle); HTTP/2 sends GOAWAY and closes
-                // once its streams are done.
-                if !closing && stopping.as_mut().poll(cx).is_ready() {
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
-                    continue;
-                }
-                match std::task::ready!(timer.poll_expired(cx)) {
-                    // Idle: close politely, with a further timeout to do it.
-                    client::Expired::Idle if !closing => {
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                        timer.start_over();
-                    }
-                    // Stalled, or idle again while closing politely: drop it.
-                    client::Expired::Idle | client::Expired::Stalled => return Poll::Ready(None),
-                }
-            })
-            .await;
-            let Some(ended) = ended else {
-                tracing::debug!("client connection idle or stalled too long; closed");
-                return;
-            };
-            if let Err(error) = ended {
-                tracing::debug!(%error, "client connection ended");
+        let timer = client::ClientTimer::new(activity, client_timeout);
+        tokio::spawn(client::drive(connection, timer, stop));
+    }
+}
+
+/// Serves the admin API `app` on `listener` until `stop` turns true. Its
+/// connections are kept as the workers' are: under the client timeout,
+/// and closed politely at shutdown, which waits for them.
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    client_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server.http1().header_read_timeout(None);
+    loop {
+        let stream = tokio::select! {
+            (stream, _) = next_connection(&listener) => stream,
+            _ = stop.wait_for(|&stopped| stopped) => return,
+        };
+        let activity = client::Activity::new();
+        let requests = std::sync::Arc::clone(&activity);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let (started, upload) = requests.start(&request);
+            let request =
+                request.map(|body| axum::body::Body::new(client::Uploading::new(body, upload)));
+            let call = app.clone().oneshot(request);
+            async move {
+                let response = call.await?;
+                Ok::<_, Infallible>(response.map(|body| started.track(body)))
             }
         });
+        let stream = stall::Watched::new(stream, activity.writing());
+        let connection = server
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let timer = client::ClientTimer::new(activity, client_timeout);
+        tokio::spawn(client::drive(connection, timer, stop.clone()));
+    }
+}
+
+/// The next connection on `listener`. Failures are passed over: one for
+/// the connection's own sake (its client went away first) at once; one
+/// for want of files or memory after a pause, during which connections
+/// wait in the listen queue.
+async fn next_connection(
+    listener: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(error) if is_connection_error(&error) => {
+                tracing::debug!(%error, "accept failed");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed; pausing for {ACCEPT_PAUSE:?}");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+            }
+        }
     }
 }
 

@@ -35,6 +35,7 @@ use hyper_util::rt::TokioIo;
 use tower::Service;
 use tower_sticky::{BoxError, Unsent};
 
+use crate::client::Uploading;
 use crate::stall::{Stall, Watched};
 
 /// Why a backend did not answer. A concrete type (not a bare `BoxError`)
@@ -358,9 +359,15 @@ impl Service<Request<Incoming>> for Upstream {
     }
 }
 
-/// The error for a request that never left: the layer may retry it.
+/// The error for a request that never left: the layer may retry it, as
+/// it came (its upload followed still, for the client timeout).
 fn unsent(request: Request<Outgoing>, error: impl Into<BoxError>) -> ProxyError {
-    ProxyError::new(Unsent::new(request.map(|body| body.body), error))
+    let (mut parts, outgoing) = request.into_parts();
+    let (body, upload) = outgoing.body.into_parts();
+    if let Some(upload) = upload {
+        parts.extensions.insert(upload);
+    }
+    ProxyError::new(Unsent::new(Request::from_parts(parts, body), error))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -705,12 +712,11 @@ impl Conn {
 /// A request body on its way to a backend. It says when its last part has
 /// been handed over (by dropping `handed_over`), which is when the wait
 /// for the response head starts: a slow upload is not a slow backend. It
-/// also tells the client timeout (through `upload`, from the request's
-/// extensions) when it waits for the client.
+/// also tells the client timeout when it waits for the client (through
+/// the [`crate::client::Upload`] in the request's extensions).
 struct Outgoing {
-    body: Incoming,
+    body: Uploading<Incoming>,
     handed_over: Option<tokio::sync::oneshot::Sender<()>>,
-    upload: Option<crate::client::Upload>,
 }
 
 impl Outgoing {
@@ -730,9 +736,8 @@ impl Outgoing {
             (Some(sender), Some(receiver))
         };
         let request = request.map(|body| Outgoing {
-            body,
+            body: Uploading::new(body, upload),
             handed_over,
-            upload,
         });
         (request, receiver)
     }
@@ -746,15 +751,7 @@ impl hyper::body::Body for Outgoing {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) else {
-            if let Some(upload) = &self.upload {
-                upload.waiting();
-            }
-            return Poll::Pending;
-        };
-        if let Some(upload) = &self.upload {
-            upload.got();
-        }
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
         if !matches!(frame, Some(Ok(_))) || self.body.is_end_stream() {
             self.handed_over = None;
         }
