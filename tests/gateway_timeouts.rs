@@ -64,6 +64,32 @@ async fn read_to_close(stream: &mut TcpStream) -> (Vec<u8>, bool) {
     (got, closed)
 }
 
+/// Opens a connection to `addr` for each of `sends` and sends it; then
+/// checks that each is closed, by a client timeout of 1 s and not before.
+/// Returns what each got, as text.
+async fn assert_cut_by_the_timeout(addr: SocketAddr, sends: &[&[u8]]) -> Vec<String> {
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for sent in sends {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(sent).await.unwrap();
+        stalled.push((sent, stream));
+    }
+    let mut answers = Vec::new();
+    for (sent, mut stream) in stalled {
+        let (got, closed) = read_to_close(&mut stream).await;
+        let sent = String::from_utf8_lossy(sent);
+        assert!(closed, "a client that sent {sent:?} to {addr} was kept");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "cut after {:?}, before the 1 s timeout",
+            started.elapsed()
+        );
+        answers.push(String::from_utf8_lossy(&got).into_owned());
+    }
+    answers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_clients_are_disconnected_after_the_client_timeout() {
     let backend = Backend::start("b1").await;
@@ -72,28 +98,16 @@ async fn slow_and_idle_clients_are_disconnected_after_the_client_timeout() {
     // Nothing at all, a few bytes of HTTP/2's preface, half an HTTP/1.1
     // request head, and a whole HTTP/2 preface with the client's (empty)
     // SETTINGS frame; then nothing more.
-    let started = Instant::now();
-    let mut stalled = Vec::new();
-    for sent in [
-        &b""[..],
-        b"PRI * HTTP/2.0",
-        b"GET / HTTP/1.1\r\nHost: test\r\n",
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
-    ] {
-        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-        stream.write_all(sent).await.unwrap();
-        stalled.push((sent, stream));
-    }
-    for (sent, mut stream) in stalled {
-        let (_, closed) = read_to_close(&mut stream).await;
-        let sent = String::from_utf8_lossy(sent);
-        assert!(closed, "a client that sent {sent:?} was kept");
-        assert!(
-            started.elapsed() >= Duration::from_secs(1),
-            "cut after {:?}, before the 1 s timeout",
-            started.elapsed()
-        );
-    }
+    assert_cut_by_the_timeout(
+        gateway.addr,
+        &[
+            b"",
+            b"PRI * HTTP/2.0",
+            b"GET / HTTP/1.1\r\nHost: test\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+        ],
+    )
+    .await;
 
     // A whole request, answered; then the connection sits idle.
     let mut idle = TcpStream::connect(gateway.addr).await.unwrap();
@@ -127,33 +141,19 @@ async fn admin_connections_are_held_to_the_client_timeout_too() {
 
     // Nothing at all, half a request head, a request whose body stops
     // short, and a connection idle after its answer.
-    let started = Instant::now();
-    let mut stalled = Vec::new();
-    for sent in [
-        &b""[..],
+    let sends: [&[u8]; 4] = [
+        b"",
         b"GET /backends HTTP/1.1\r\nHost: test\r\n",
         b"POST /backends HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
           Content-Length: 100\r\n\r\n{\"name\":",
         b"GET /backends HTTP/1.1\r\nHost: test\r\n\r\n",
-    ] {
-        let mut stream = TcpStream::connect(gateway.admin).await.unwrap();
-        stream.write_all(sent).await.unwrap();
-        stalled.push((sent, stream));
-    }
-    for (sent, mut stream) in stalled {
-        let (got, closed) = read_to_close(&mut stream).await;
-        let sent = String::from_utf8_lossy(sent);
-        assert!(closed, "an admin client that sent {sent:?} was kept");
-        assert!(
-            started.elapsed() >= Duration::from_secs(1),
-            "cut after {:?}, before the 1 s timeout",
-            started.elapsed()
-        );
-        // Only the whole request was answered.
-        let got = String::from_utf8_lossy(&got);
+    ];
+    let answers = assert_cut_by_the_timeout(gateway.admin, &sends).await;
+    // Only the whole request was answered.
+    for (sent, got) in sends.iter().zip(answers) {
         assert_eq!(
             got.starts_with("HTTP/1.1 200"),
-            sent.ends_with("\r\n\r\n"),
+            sent.ends_with(b"\r\n\r\n"),
             "{got}"
         );
     }
