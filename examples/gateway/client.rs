@@ -508,17 +508,20 @@ where
         if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
             return Poll::Ready(Some(ended));
         }
+        // Shutting down: close politely.
         if !closing && stopping.as_mut().poll(cx).is_ready() {
             connection.as_mut().graceful_shutdown();
             closing = true;
             continue;
         }
         match std::task::ready!(timer.poll_expired(cx)) {
+            // Idle: close politely, with a further timeout to do it.
             Expired::Idle if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
                 timer.start_over();
             }
+            // Stalled, or idle again while closing politely: drop it.
             Expired::Idle | Expired::Stalled => return Poll::Ready(None),
         }
     })
