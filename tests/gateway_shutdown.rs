@@ -37,6 +37,23 @@ async fn spawn_gateway(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
     (child, listen, admin)
 }
 
+/// Sends `request` on a new connection to `addr` and reads until the
+/// answer ends with `end`; checks it is a 200 and returns the connection,
+/// kept alive.
+async fn answered(addr: SocketAddr, request: &[u8], end: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.ends_with(end) {
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "closed before answering: {answer:?}");
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    stream
+}
+
 /// Sends SIGTERM to `child`.
 fn terminate(child: &Child) {
     let pid = child.id().expect("running").to_string();
@@ -74,18 +91,7 @@ async fn sigterm_finishes_requests_under_way() {
 
     // Two idle kept-alive connections, HTTP/1.1 and HTTP/2, each having
     // had an answer...
-    let mut idle = TcpStream::connect(listen).await.unwrap();
-    idle.write_all(b"GET /fast HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let mut buffer = [0u8; 1024];
-    while !answer.ends_with(b"fast") {
-        let n = idle.read(&mut buffer).await.unwrap();
-        assert!(n > 0, "closed before answering: {answer:?}");
-        answer.extend_from_slice(&buffer[..n]);
-    }
-    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    let mut idle = answered(listen, b"GET /fast HTTP/1.1\r\nHost: test\r\n\r\n", b"fast").await;
     let (mut http2, http2_closed) = http2_connection(listen).await;
     let request = http::Request::get(format!("http://{listen}/fast"))
         .body(http_body_util::Full::default())
@@ -147,18 +153,7 @@ async fn a_stalled_admin_connection_does_not_hold_up_shutdown() {
         .write_all(b"GET /backends HTTP/1.1\r\nHost: test\r\n")
         .await
         .unwrap();
-    let mut idle = TcpStream::connect(admin).await.unwrap();
-    idle.write_all(b"GET /backends HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !answer.ends_with(b"]") {
-        let n = idle.read(&mut buffer).await.unwrap();
-        assert!(n > 0, "closed before answering: {answer:?}");
-        answer.extend_from_slice(&buffer[..n]);
-    }
-    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    let _idle = answered(admin, b"GET /backends HTTP/1.1\r\nHost: test\r\n\r\n", b"]").await;
 
     // The stalled one is cut after the client timeout, like any client's,
     // and then the gateway is done.
