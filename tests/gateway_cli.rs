@@ -25,7 +25,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         std::env::temp_dir().join(format!("gateway-cli-short-secret-{}", std::process::id()));
     std::fs::write(&secret, "short\n").unwrap();
     let secret = secret.to_string_lossy().into_owned();
-    let cases: [(&[&str], &str); 15] = [
+    let cases: [(&[&str], &str); 16] = [
         (&["--no-such-flag"], "--no-such-flag"),
         (&["--listen", "nowhere"], "--listen"),
         (&["--backend", "b1"], "--backend"),
@@ -77,6 +77,15 @@ fn bad_flags_exit_2_naming_the_flag() {
             &[
                 "--backend",
                 "b1=http://127.0.0.1:9",
+                "--backend-idle-timeout",
+                "0",
+            ],
+            "--backend-idle-timeout",
+        ),
+        (
+            &[
+                "--backend",
+                "b1=http://127.0.0.1:9",
                 "--secret-file",
                 &secret,
             ],
@@ -119,6 +128,7 @@ fn help_documents_every_flag() {
         "--threads",
         "--client-timeout",
         "--backend-timeout",
+        "--backend-idle-timeout",
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }

@@ -366,3 +366,46 @@ async fn a_body_of_unknown_length_streams_through() {
     producer.await.unwrap();
     assert!(body == expected, "the streamed body came back changed");
 }
+
+/// More requests to one backend at once than a small fixed pool would
+/// keep: every later round of them goes out on the connections the first
+/// round opened, instead of a new connection for each request over a cap
+/// (which, under steady load, uses up the machine's ports).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_however_many_requests_are_in_progress() {
+    const AT_ONCE: usize = 100;
+    const ROUNDS: usize = 6;
+    // Each round is AT_ONCE requests at once, so that many connections.
+    let (backend, connections) = counting_backend("b1", AT_ONCE).await;
+    // One worker, so one pool holds every connection.
+    let gateway = Gateway::start(&[&backend], &["--threads", "1"]).await;
+
+    // AT_ONCE clients, each on a keep-alive connection of its own, each
+    // sending ROUNDS requests one after another.
+    let mut clients = JoinSet::new();
+    for _ in 0..AT_ONCE {
+        let gateway = gateway.addr;
+        clients.spawn(async move {
+            let mut client = KeepAlive::connect(gateway).await;
+            for _ in 0..ROUNDS {
+                assert_eq!(client.get_ok().await, "ok");
+            }
+        });
+    }
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(client) = clients.join_next().await {
+            client.unwrap();
+        }
+    })
+    .await
+    .expect("every round answered");
+
+    // The first round needs AT_ONCE connections; the rest reuse them. A
+    // cap below AT_ONCE would have closed the excess after each round and
+    // opened it again for the next.
+    let opened = connections.accepted();
+    assert!(
+        opened < AT_ONCE + AT_ONCE / 10,
+        "{ROUNDS} rounds of {AT_ONCE} requests at once opened {opened} backend connections"
+    );
+}

@@ -3,7 +3,7 @@
 //! idle kept-alive connection (HTTP/1.1 or HTTP/2), a client that stops
 //! sending its request body or reading its response, a backend that never
 //! answers, one that stops reading a request body, one that stops
-//! mid-body; and requests in progress for longer than a timeout that must
+//! mid-body; a backend connection left unused; and requests in progress for longer than a timeout that must
 //! not count against them: an upload, a backend slower than the client
 //! timeout, a slow but steady reader and a quiet WebSocket. The admin
 //! listener's connections are held to the client timeout too. HTTP/2
@@ -31,7 +31,7 @@ async fn silent_backend(name: &str) -> Backend {
 
 /// A backend that answers "got N bytes" once it has a request's whole
 /// body.
-async fn counting_backend() -> Backend {
+async fn body_size_backend() -> Backend {
     let app = axum::Router::new()
         .fallback(|body: axum::body::Bytes| async move { format!("got {} bytes", body.len()) });
     Backend::serve("b1", "127.0.0.1:0".parse().unwrap(), app).await
@@ -186,6 +186,44 @@ async fn a_backend_that_never_answers_gets_504_after_the_backend_timeout() {
     .await;
 }
 
+/// A backend connection unused for `--backend-idle-timeout` is closed
+/// instead of taken for the next request, which gets a new one; one used
+/// again within it is reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_connection_unused_for_the_idle_timeout_is_closed_not_reused() {
+    let (backend, connections) = counting_backend("b1", 1).await;
+    let gateway = Gateway::start(
+        &[&backend],
+        &["--threads", "1", "--backend-idle-timeout", "2"],
+    )
+    .await;
+    let mut client = KeepAlive::connect(gateway.addr).await;
+
+    assert_eq!(client.get_ok().await, "ok");
+    assert_eq!(client.get_ok().await, "ok");
+    assert_eq!(
+        connections.accepted(),
+        1,
+        "used again at once, yet not reused"
+    );
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(connections.ended(), 0, "closed before it was needed again");
+    assert_eq!(client.get_ok().await, "ok");
+    assert_eq!(
+        connections.accepted(),
+        2,
+        "a connection unused for the idle timeout was taken again"
+    );
+    wait_until("the gateway to close the unused connection", || async {
+        connections.ended() == 1
+    })
+    .await;
+    // The new connection stays open for the next request.
+    assert_eq!(client.get_ok().await, "ok");
+    assert_eq!(connections.accepted(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_stops_mid_body_has_its_response_cut_short() {
     let stalling = raw_backend("stalling", |mut stream| async move {
@@ -214,7 +252,7 @@ async fn a_backend_that_stops_mid_body_has_its_response_cut_short() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_slower_than_either_timeout_still_gets_its_answer() {
-    let backend = counting_backend().await;
+    let backend = body_size_backend().await;
     let gateway = Gateway::start(
         &[&backend],
         &["--backend-timeout", "1", "--client-timeout", "1"],
@@ -373,7 +411,7 @@ async fn a_slow_but_steady_reader_gets_the_whole_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_sending_its_body_is_disconnected_after_the_client_timeout() {
     // Answers once it has the whole body; it never will.
-    let backend = counting_backend().await;
+    let backend = body_size_backend().await;
     let gateway = Gateway::start(&[&backend], &["--client-timeout", "1"]).await;
 
     let started = Instant::now();

@@ -111,6 +111,14 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub backend_timeout: u64,
 
+    /// How long, in seconds, a connection to a backend may sit unused and
+    /// still be taken for a request; an older one is closed instead (at
+    /// the next request to that backend). Set it below the backends' own
+    /// keep-alive timeout, so that a request never goes out on a
+    /// connection the backend is closing.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub backend_idle_timeout: u64,
+
     /// Worker threads serving clients, each with its own event loop and
     /// upstream connections. Default: one per CPU.
     #[arg(long, value_name = "N")]
@@ -229,6 +237,9 @@ impl Args {
         }
         if self.backend_timeout == 0 {
             fail("--backend-timeout", "must be at least 1 second");
+        }
+        if self.backend_idle_timeout == 0 {
+            fail("--backend-idle-timeout", "must be at least 1 second");
         }
     }
 }

@@ -98,6 +98,7 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         preserve_host: args.preserve_host,
         workers,
         backend_timeout: Duration::from_secs(args.backend_timeout),
+        backend_idle_timeout: Duration::from_secs(args.backend_idle_timeout),
     };
     let mut members = Vec::new();
     for (name, url) in &backends_given {

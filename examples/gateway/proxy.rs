@@ -2,10 +2,13 @@
 //! Requests from HTTP/2 clients are made HTTP/1.1 on the way: origin-form
 //! target, one Cookie header, a Host.
 //!
-//! Connections are kept in small idle pools, one per worker thread: a
+//! Connections are kept in idle pools, one per worker thread: a
 //! connection's task runs on the thread that opened it, so a request takes
 //! only connections of its own thread and never wakes another. A response
-//! body returns its connection to the pool when it ends.
+//! body returns its connection to the pool when it ends. A pool keeps as
+//! many connections as its thread had requests to the backend at once, so
+//! that steady load opens no new ones; a connection left unused for
+//! `backend_idle_timeout` is closed, not taken, at the next request.
 //!
 //! A request is handed back unsent ([`Unsent`]) when no connection could
 //! be made, or when a pooled connection turned out closed before the
@@ -16,6 +19,7 @@
 //! the whole request has been handed over (so a slow upload is not taken
 //! for a slow backend), then between parts of the response body.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -77,11 +81,12 @@ impl ProxyError {
 /// The body the gateway answers with.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// Idle connections kept per backend.
-const IDLE_PER_BACKEND: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The default of `--backend-timeout`.
 pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default of `--backend-idle-timeout` (as nginx's upstream
+/// `keepalive_timeout`).
+pub const BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Settings shared by every upstream.
 #[derive(Clone, Debug)]
@@ -93,6 +98,8 @@ pub struct ProxyOptions {
     /// The longest wait for a response head once the request is handed
     /// over, and between parts of a response body.
     pub backend_timeout: Duration,
+    /// How long a pooled connection may sit unused and still be taken.
+    pub backend_idle_timeout: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -101,6 +108,7 @@ impl Default for ProxyOptions {
             preserve_host: false,
             workers: 0,
             backend_timeout: BACKEND_TIMEOUT,
+            backend_idle_timeout: BACKEND_IDLE_TIMEOUT,
         }
     }
 }
@@ -143,7 +151,8 @@ struct Inner {
     host: HeaderValue,
     options: ProxyOptions,
     /// Idle connections: one pool off the workers, then one per worker.
-    idle: Box<[Mutex<Vec<Conn>>]>,
+    /// Each in the order they came back, so the longest unused first.
+    idle: Box<[Mutex<VecDeque<Conn>>]>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -199,7 +208,7 @@ impl Upstream {
     }
 
     /// This thread's idle pool.
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Conn>> {
         let pools = &self.inner.idle;
         let shard = POOL_SHARD.with(|shard| shard.get()) % pools.len();
         pools[shard].lock().unwrap_or_else(|e| e.into_inner())
@@ -207,32 +216,43 @@ impl Upstream {
 
     /// A pooled connection ready for a request, the most recently used
     /// first. Connections still busy (their last response's end not yet
-    /// seen by their task) stay pooled; closed ones are dropped.
+    /// seen by their task) stay pooled; closed ones are dropped, and so
+    /// are those unused for the idle timeout, which closes them.
     fn take_idle(&self) -> Option<Conn> {
+        let now = tokio::time::Instant::now();
+        let timeout = self.inner.options.backend_idle_timeout;
         let mut idle = self.idle();
+        while idle
+            .front()
+            .is_some_and(|oldest| now.saturating_duration_since(oldest.idle_since) >= timeout)
+        {
+            idle.pop_front();
+        }
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
             if idle[i].sender.is_ready() {
-                return Some(idle.swap_remove(i));
+                return idle.remove(i);
             }
             if idle[i].sender.is_closed() {
-                idle.swap_remove(i);
+                idle.remove(i);
             }
         }
         None
     }
 
     /// Puts a connection whose response was read to the end back in the
-    /// pool, unless the pool is full or the connection closed.
-    fn give_back(&self, conn: Conn) {
+    /// pool, unless it closed. The pool has no bound but the idle timeout:
+    /// it holds about as many connections as its thread had requests to
+    /// the backend in progress at once, and a cap below that would close
+    /// connections only for steady load to open new ones, one for each
+    /// request over the cap.
+    fn give_back(&self, mut conn: Conn) {
         if conn.sender.is_closed() {
             return;
         }
-        let mut idle = self.idle();
-        if idle.len() < IDLE_PER_BACKEND {
-            idle.push(conn);
-        }
+        conn.idle_since = tokio::time::Instant::now();
+        self.idle().push_back(conn);
     }
 
     async fn connect(&self, upgrades: bool) -> Result<Conn, BoxError> {
@@ -628,17 +648,21 @@ struct Conn {
     timeout: Duration,
     deadline: tokio::time::Instant,
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// When it last went back to its pool.
+    idle_since: tokio::time::Instant,
 }
 
 impl Conn {
     fn new(sender: SendRequest<Outgoing>, writing: Arc<Stall>, timeout: Duration) -> Conn {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        let deadline = now + timeout;
         Conn {
             sender,
             writing,
             timeout,
             deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
+            idle_since: now,
         }
     }
 

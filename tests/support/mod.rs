@@ -72,6 +72,65 @@ where
     }
 }
 
+/// The connections a [`counting_backend`] has had.
+#[derive(Default)]
+pub struct Connections {
+    /// Accepted so far.
+    pub accepted: std::sync::atomic::AtomicUsize,
+    /// Closed so far, by either side.
+    pub ended: std::sync::atomic::AtomicUsize,
+}
+
+impl Connections {
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn ended(&self) -> usize {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A backend that answers every request with `ok`, but only once
+/// `together` requests are in (1: each at once), and counts its
+/// connections.
+pub async fn counting_backend(name: &str, together: usize) -> (Backend, Arc<Connections>) {
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(Connections::default());
+    let barrier = Arc::new(tokio::sync::Barrier::new(together));
+    let counts = Arc::clone(&connections);
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counts.accepted.fetch_add(1, Ordering::SeqCst);
+            let barrier = Arc::clone(&barrier);
+            let service = hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
+                let barrier = Arc::clone(&barrier);
+                async move {
+                    barrier.wait().await;
+                    let ok = Full::new(Bytes::from_static(b"ok"));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(ok))
+                }
+            });
+            let counts = Arc::clone(&counts);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                counts.ended.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let backend = Backend {
+        name: name.to_owned(),
+        addr,
+        shutdown: None,
+        task: Some(task),
+    };
+    (backend, connections)
+}
+
 /// A backend whose every answer is `size` bytes: more than the sockets
 /// between it and a client can hold.
 pub async fn big_backend(size: usize) -> Backend {
@@ -425,6 +484,35 @@ pub async fn http2_connection(
         .await
         .unwrap();
     (sender, tokio::spawn(connection))
+}
+
+/// A client on one keep-alive connection of its own.
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        KeepAlive { sender }
+    }
+
+    /// `GET /` on this connection; checks for a 200 and returns the body.
+    pub async fn get_ok(&mut self) -> String {
+        let request = Request::get("/")
+            .header(http::header::HOST, "app.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        self.sender.ready().await.expect("the connection is open");
+        let response = self.sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
 }
 
 /// One browser: its own cookie jar (and extra headers) over a shared
