@@ -111,9 +111,8 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub backend_timeout: u64,
 
-    /// How long, in seconds, a connection to a backend may sit unused and
-    /// still be taken for a request; an older one is closed instead (at
-    /// the next request to that backend). Set it below the backends' own
+    /// How long, in seconds, a connection to a backend may sit unused
+    /// before the gateway closes it. Set it below the backends' own
     /// keep-alive timeout, so that a request never goes out on a
     /// connection the backend is closing.
     #[arg(long, value_name = "SECS", default_value_t = 60)]

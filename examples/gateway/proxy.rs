@@ -8,7 +8,8 @@
 //! body returns its connection to the pool when it ends. A pool keeps as
 //! many connections as its thread had requests to the backend at once, so
 //! that steady load opens no new ones; a connection left unused for
-//! `backend_idle_timeout` is closed, not taken, at the next request.
+//! `backend_idle_timeout` is closed. One timer per pool, running only
+//! while the pool holds connections, wakes when the oldest one is due.
 //!
 //! A request is handed back unsent ([`Unsent`]) when no connection could
 //! be made, or when a pooled connection turned out closed before the
@@ -151,8 +152,28 @@ struct Inner {
     host: HeaderValue,
     options: ProxyOptions,
     /// Idle connections: one pool off the workers, then one per worker.
-    /// Each in the order they came back, so the longest unused first.
-    idle: Box<[Mutex<VecDeque<Conn>>]>,
+    idle: Box<[Mutex<Pool>]>,
+}
+
+/// One thread's idle connections to one backend.
+#[derive(Default)]
+struct Pool {
+    /// In the order they came back, so the longest unused first.
+    conns: VecDeque<Conn>,
+    /// Whether a task is timing the oldest connection out.
+    swept: bool,
+}
+
+impl Pool {
+    /// Closes the connections unused for `timeout` at `now`, and those
+    /// closed at the other end that have reached the front.
+    fn close_unused(&mut self, now: tokio::time::Instant, timeout: Duration) {
+        while self.conns.front().is_some_and(|oldest| {
+            now.saturating_duration_since(oldest.idle_since) >= timeout || oldest.sender.is_closed()
+        }) {
+            self.conns.pop_front();
+        }
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -207,27 +228,26 @@ impl Upstream {
         &self.inner.url
     }
 
-    /// This thread's idle pool.
-    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Conn>> {
+    /// This thread's idle pool, and its index.
+    fn idle(&self) -> (std::sync::MutexGuard<'_, Pool>, usize) {
         let pools = &self.inner.idle;
         let shard = POOL_SHARD.with(|shard| shard.get()) % pools.len();
-        pools[shard].lock().unwrap_or_else(|e| e.into_inner())
+        (
+            pools[shard].lock().unwrap_or_else(|e| e.into_inner()),
+            shard,
+        )
     }
 
     /// A pooled connection ready for a request, the most recently used
     /// first. Connections still busy (their last response's end not yet
-    /// seen by their task) stay pooled; closed ones are dropped, and so
-    /// are those unused for the idle timeout, which closes them.
+    /// seen by their task) stay pooled; closed ones are dropped. Those
+    /// unused for the idle timeout are closed, not taken, even if their
+    /// timer has not run yet.
     fn take_idle(&self) -> Option<Conn> {
         let now = tokio::time::Instant::now();
-        let timeout = self.inner.options.backend_idle_timeout;
-        let mut idle = self.idle();
-        while idle
-            .front()
-            .is_some_and(|oldest| now.saturating_duration_since(oldest.idle_since) >= timeout)
-        {
-            idle.pop_front();
-        }
+        let (mut pool, _) = self.idle();
+        pool.close_unused(now, self.inner.options.backend_idle_timeout);
+        let idle = &mut pool.conns;
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
@@ -252,7 +272,17 @@ impl Upstream {
             return;
         }
         conn.idle_since = tokio::time::Instant::now();
-        self.idle().push_back(conn);
+        let (mut pool, shard) = self.idle();
+        pool.conns.push_back(conn);
+        if !pool.swept {
+            // On this thread's runtime, which a pool's connections belong
+            // to; with none (a body dropped as a runtime shuts down), no
+            // timer is needed.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                pool.swept = true;
+                runtime.spawn(sweep(Arc::downgrade(&self.inner), shard));
+            }
+        }
     }
 
     async fn connect(&self, upgrades: bool) -> Result<Conn, BoxError> {
@@ -362,6 +392,30 @@ impl Upstream {
             lease: Some((self.clone(), conn)),
         };
         Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+/// Closes the connections of pool `shard` as they reach the idle timeout,
+/// waking when the oldest is due; ends when the pool is empty or its
+/// backend is gone.
+async fn sweep(inner: std::sync::Weak<Inner>, shard: usize) {
+    loop {
+        let due = {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let timeout = inner.options.backend_idle_timeout;
+            let mut pool = inner.idle[shard].lock().unwrap_or_else(|e| e.into_inner());
+            pool.close_unused(tokio::time::Instant::now(), timeout);
+            match pool.conns.front() {
+                Some(oldest) => oldest.idle_since + timeout,
+                None => {
+                    pool.swept = false;
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(due).await;
     }
 }
 
