@@ -3,11 +3,12 @@
 //! idle kept-alive connection (HTTP/1.1 or HTTP/2), a client that stops
 //! sending its request body or reading its response, a backend that never
 //! answers, one that stops reading a request body, one that stops
-//! mid-body; a backend connection left unused; and requests in progress for longer than a timeout that must
-//! not count against them: an upload, a backend slower than the client
-//! timeout, a slow but steady reader and a quiet WebSocket. The admin
-//! listener's connections are held to the client timeout too. HTTP/2
-//! clients frame by frame are in `gateway_http2.rs`.
+//! mid-body; a backend connection left unused; and requests in progress
+//! for longer than a timeout that must not count against them: an
+//! upload, a backend slower than the client timeout, a slow but steady
+//! reader and a quiet WebSocket. The admin listener's connections are
+//! held to the client timeout too. HTTP/2 clients frame by frame are in
+//! `gateway_http2.rs`.
 //!
 //! Timers never fire early, so each test also checks that nothing was cut
 //! before its timeout.
@@ -200,8 +201,9 @@ async fn a_backend_connection_unused_for_the_idle_timeout_is_closed() {
     let mut client = KeepAlive::connect(gateway.addr).await;
 
     assert_eq!(client.get_ok().await, "ok");
-    assert_eq!(client.get_ok().await, "ok");
+    // Its last use starts no earlier than this.
     let used = Instant::now();
+    assert_eq!(client.get_ok().await, "ok");
     assert_eq!(
         connections.accepted(),
         1,
