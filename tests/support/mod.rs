@@ -75,17 +75,17 @@ where
 /// The connections a [`counting_backend`] has had.
 #[derive(Default)]
 pub struct Connections {
-    /// Accepted so far.
-    pub accepted: std::sync::atomic::AtomicUsize,
-    /// Closed so far, by either side.
-    pub ended: std::sync::atomic::AtomicUsize,
+    accepted: std::sync::atomic::AtomicUsize,
+    ended: std::sync::atomic::AtomicUsize,
 }
 
 impl Connections {
+    /// Accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Closed so far, by either side.
     pub fn ended(&self) -> usize {
         self.ended.load(std::sync::atomic::Ordering::SeqCst)
     }
