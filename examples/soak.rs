@@ -62,10 +62,14 @@ async fn main() {
         "misroutes: {}   lost: {}   documented 502/503: {}   sessions moved: {}",
         report.misroutes, report.lost, report.documented_errors, report.moves
     );
+    println!(
+        "backend connections left open after the clients were done: {}",
+        report.backend_connections_left
+    );
     for example in &report.examples {
         println!("  {example}");
     }
-    if report.misroutes + report.lost > 0 {
+    if report.misroutes + report.lost > 0 || report.backend_connections_left > 0 {
         std::process::exit(1);
     }
 }

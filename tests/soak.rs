@@ -1,5 +1,6 @@
 //! A short soak in the normal suite: 20 seconds, 400 sessions, a change
-//! to the backends every second; zero misroutes and zero lost requests.
+//! to the backends every second; zero misroutes and zero lost requests,
+//! and no backend connection left open once the clients are done.
 //! (`cargo run --release --example soak` runs the long one.)
 
 mod support;
@@ -21,4 +22,8 @@ async fn short_soak_has_no_misroutes_and_loses_nothing() {
     assert!(report.changes.len() >= 10, "{report:#?}");
     assert_eq!(report.misroutes, 0, "{report:#?}");
     assert_eq!(report.lost, 0, "{report:#?}");
+    assert_eq!(
+        report.backend_connections_left, 0,
+        "backend connections outlived their idle timeout: {report:#?}"
+    );
 }

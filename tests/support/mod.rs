@@ -412,6 +412,39 @@ impl Gateway {
         self.log.lock().unwrap().clone()
     }
 
+    /// How many TCP connections the gateway process holds open to any of
+    /// `peers` (IPv4), read from Linux's `/proc`: its sockets whose
+    /// remote address is one of them.
+    pub fn connections_to(&self, peers: &[SocketAddr]) -> usize {
+        let pid = self.child.id().expect("the gateway is running");
+        // /proc/net/tcp writes an address as the IPv4 address's four bytes
+        // read as one native-endian word, then the port, both in hex.
+        let wanted: Vec<String> = peers
+            .iter()
+            .filter_map(|peer| match peer {
+                SocketAddr::V4(v4) => Some(format!(
+                    "{:08X}:{:04X}",
+                    u32::from_ne_bytes(v4.ip().octets()),
+                    v4.port()
+                )),
+                SocketAddr::V6(_) => None,
+            })
+            .collect();
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap();
+        let inodes: BTreeSet<String> = table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|fields| fields.len() > 9 && wanted.iter().any(|w| w == fields[2]))
+            .map(|fields| format!("socket:[{}]", fields[9]))
+            .collect();
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| inodes.contains(target.to_string_lossy().as_ref()))
+            .count()
+    }
+
     pub fn browser(&self) -> Browser {
         Browser::new(&self.http, self.addr)
     }

@@ -47,6 +47,9 @@ pub struct Report {
     pub elapsed: Duration,
     /// The first few misroutes and losses, to debug with.
     pub examples: Vec<String>,
+    /// Connections the gateway still held to the backends once every
+    /// client was done and the backend idle timeout had passed.
+    pub backend_connections_left: usize,
 }
 
 /// Whether a backend can serve its bound sessions, and a counter bumped at
@@ -91,7 +94,14 @@ const NAMES: [&str; 4] = ["b1", "b2", "b3", "b4"];
 /// Runs a soak against a gateway spawned over fresh demo backends.
 pub async fn run(options: Options) -> Report {
     let mut servers = backends(&NAMES).await;
-    let gateway = Gateway::start(&servers[..3].iter().collect::<Vec<_>>(), &[]).await;
+    let gateway = Gateway::start(
+        &servers[..3].iter().collect::<Vec<_>>(),
+        &[
+            "--backend-idle-timeout",
+            &IDLE_TIMEOUT.as_secs().to_string(),
+        ],
+    )
+    .await;
     let shared = Arc::new(Shared {
         serving: NAMES
             .iter()
@@ -133,15 +143,35 @@ pub async fn run(options: Options) -> Report {
     while let Some(done) = workers.join_next().await {
         done.unwrap();
     }
+    let elapsed = started.elapsed();
     let mut report = std::mem::take(&mut *shared.report.lock().unwrap());
     report.requests = shared.requests.load(SeqCst).min(options.max_requests);
-    report.elapsed = started.elapsed();
+    report.elapsed = elapsed;
+    report.backend_connections_left = backend_connections_left(&gateway, &servers).await;
     if report.misroutes + report.lost > 0 {
         report
             .examples
             .push(format!("gateway log tail:\n{}", tail(&gateway.log(), 40)));
     }
     report
+}
+
+/// The gateway's idle connections to backends close after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// With every client done, the connections the gateway holds to the
+/// backends (b4's too, added and removed over and over): waits until none
+/// is left, or until well past the idle timeout, and counts what is left.
+async fn backend_connections_left(gateway: &Gateway, servers: &[Backend]) -> usize {
+    let peers: Vec<SocketAddr> = servers.iter().map(|server| server.addr).collect();
+    let give_up = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(10);
+    loop {
+        let left = gateway.connections_to(&peers);
+        if left == 0 || Instant::now() > give_up {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn tail(text: &str, lines: usize) -> String {
