@@ -558,3 +558,40 @@ async fn websocket_echo_stays_on_the_session_backend() {
     }
     assert_eq!(homes.len(), 3, "{homes:?}");
 }
+
+// ---------------------------------------------------------------- logging
+
+/// With `RUST_LOG=tower_sticky=debug` the log has a line for each request
+/// saying which backend served it and how it was placed; written to a
+/// pipe (as to a file or a log collector) it is plain text, with no
+/// terminal colour codes in the way of a search.
+#[tokio::test]
+async fn the_debug_log_names_each_requests_backend_in_plain_text() {
+    let servers = backends(&["b1", "b2"]).await;
+    let gateway = Gateway::start_logging(
+        &servers.iter().collect::<Vec<_>>(),
+        &[],
+        "tower_sticky=debug",
+    )
+    .await;
+    let mut browser = gateway.browser();
+    let first = browser.get("/").await;
+    let again = browser.get("/").await;
+    let home = first.backend.clone().expect("a backend answered");
+    assert_eq!(again.backend.as_ref(), Some(&home));
+    wait_until("both requests in the log", || async {
+        gateway.log().matches(" sticky ").count() >= 2
+    })
+    .await;
+    let log = gateway.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "terminal escape codes in a piped log:\n{log}"
+    );
+    for line in [
+        format!("sticky backend={home} outcome=new source=\"none\" status=200"),
+        format!("sticky backend={home} outcome=hit source=\"cookie\" status=200"),
+    ] {
+        assert!(log.contains(&line), "no `{line}` in the log:\n{log}");
+    }
+}

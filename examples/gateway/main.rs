@@ -23,6 +23,7 @@ mod proxy;
 mod stall;
 
 use std::convert::Infallible;
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -52,6 +53,12 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal only: a log piped to a file or
+        // a collector stays plain text. NO_COLOR turns it off as well.
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()),
+        )
         .init();
     let args = Args::parse();
     let workers = args.threads.map_or_else(
