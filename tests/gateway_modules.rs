@@ -1,4 +1,5 @@
-//! The gateway modules' own tests (admin API, proxying, timeouts),
+//! The gateway modules' own tests (admin API, client connections,
+//! proxying, timeouts),
 //! run here because examples are not test targets: `test = true` would
 //! make `cargo test` build the gateway only as a test harness, not the
 //! binary the other gateway tests run.
@@ -10,6 +11,8 @@
 mod admin;
 #[path = "../examples/gateway/client.rs"]
 mod client;
+#[path = "../examples/gateway/connection.rs"]
+mod connection;
 #[path = "../examples/gateway/proxy.rs"]
 mod proxy;
 #[path = "../examples/gateway/stall.rs"]

@@ -53,7 +53,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::watch::Receiver;
 use tokio::time::{Instant, Sleep};
 
@@ -489,6 +488,13 @@ impl ClientTimer {
     }
 }
 
+/// A connection that can be asked to close politely: finish what is
+/// under way, take nothing new.
+pub trait Graceful: Future<Output = Result<(), tower_sticky::BoxError>> {
+    /// Starts closing politely; the future still has to be polled to its end.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
 /// Serves `connection` to its end under the client timeout that `timer`
 /// keeps, and closes it politely once `stop` turns true (the gateway
 /// shutting down): HTTP/1.1 once its response is out (at once when idle),
@@ -498,8 +504,7 @@ impl ClientTimer {
 /// connection ends, so that shutdown can wait for every receiver to go.
 pub async fn drive<C>(connection: C, mut timer: ClientTimer, mut stop: Receiver<bool>)
 where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
+    C: Graceful,
 {
     let mut connection = std::pin::pin!(connection);
     let mut stopping = std::pin::pin!(stop.wait_for(|&stopped| stopped));

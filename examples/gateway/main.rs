@@ -18,6 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod admin;
 mod cli;
 mod client;
+mod connection;
 mod demo;
 mod proxy;
 mod stall;
@@ -30,8 +31,6 @@ use std::time::Duration;
 use clap::Parser;
 use http::Request;
 use hyper::body::{Body as _, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tower::{Layer, ServiceExt};
 use tower_sticky::sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
 use tower_sticky::sticky_core::{BackendSpec, FailoverPolicy, PoolConfig};
@@ -302,10 +301,7 @@ async fn serve(
     client_timeout: Duration,
     mut accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
 ) {
-    let mut server = auto::Builder::new(TokioExecutor::new());
-    // The client timeout is kept by each connection's task (see the client
-    // module), not by hyper's header timer.
-    server.http1().writev(false).header_read_timeout(None);
+    let protocols = connection::Protocols::new();
     while let Some(Accepted { stream, peer, stop }) = accepted.recv().await {
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => stream,
@@ -339,9 +335,7 @@ async fn serve(
             }
         });
         let stream = stall::Watched::new(stream, activity.writing());
-        let connection = server
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = protocols.serve(stream, service);
         let timer = client::ClientTimer::new(activity, client_timeout);
         tokio::spawn(client::drive(connection, timer, stop));
     }
@@ -356,8 +350,7 @@ async fn serve_admin(
     client_timeout: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut server = auto::Builder::new(TokioExecutor::new());
-    server.http1().header_read_timeout(None);
+    let protocols = connection::Protocols::new();
     loop {
         let stream = tokio::select! {
             (stream, _) = next_connection(&listener) => stream,
@@ -377,9 +370,7 @@ async fn serve_admin(
             }
         });
         let stream = stall::Watched::new(stream, activity.writing());
-        let connection = server
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = protocols.serve(stream, service);
         let timer = client::ClientTimer::new(activity, client_timeout);
         tokio::spawn(client::drive(connection, timer, stop.clone()));
     }
