@@ -63,6 +63,7 @@ impl Protocols {
                 service: Some(service),
                 protocols: self.clone(),
             },
+            closing: false,
         }
     }
 }
@@ -75,6 +76,8 @@ pin_project! {
     {
         #[pin]
         state: State<T, S>,
+        // Asked to close politely; passed on to hyper at the next poll.
+        closing: bool,
     }
 }
 
@@ -113,7 +116,19 @@ where
     type Output = Result<(), BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let mut state = this.state;
+        if std::mem::take(this.closing) {
+            // Over HTTP/1.1 the response in progress is finished, if any;
+            // over HTTP/2 the open streams, after a GOAWAY. A connection
+            // whose protocol is not known yet has had no request.
+            match state.as_mut().project() {
+                StateProj::Sniffing { .. } => state.set(State::Closed),
+                StateProj::Http1 { connection } => connection.graceful_shutdown(),
+                StateProj::Http2 { connection } => connection.as_mut().graceful_shutdown(),
+                StateProj::Closed => {}
+            }
+        }
         loop {
             let next = match state.as_mut().project() {
                 StateProj::Sniffing {
@@ -167,29 +182,13 @@ where
     }
 }
 
-impl<T, S, B> Graceful for Connection<T, S>
+impl<T, S> Graceful for Connection<T, S>
 where
+    S: hyper::service::HttpService<Incoming>,
     Self: Future<Output = Result<(), BoxError>>,
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>>,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: Body + 'static,
-    B::Error: Into<BoxError>,
-    TokioExecutor: Http2ServerConnExec<S::Future, B>,
 {
-    /// Finishes what is under way and takes nothing new: over HTTP/1.1 the
-    /// response in progress, if any; over HTTP/2 the streams open, after a
-    /// GOAWAY. A connection whose protocol is not known yet has had no
-    /// request, and is closed.
     fn graceful_shutdown(self: Pin<&mut Self>) {
-        let mut state = self.project().state;
-        match state.as_mut().project() {
-            StateProj::Sniffing { .. } => state.set(State::Closed),
-            StateProj::Http1 { connection } => connection.graceful_shutdown(),
-            StateProj::Http2 { connection } => connection.as_mut().graceful_shutdown(),
-            StateProj::Closed => {}
-        }
+        *self.project().closing = true;
     }
 }
 
@@ -272,8 +271,10 @@ mod tests {
         Protocols::new().serve(io, service)
     }
 
-    /// Reads from `client` until `until` has come, or the stream ends.
-    async fn read_until(client: &mut DuplexStream, until: &[u8]) -> Vec<u8> {
+    /// Sends `request`, then reads until `until` has come, or the stream
+    /// ends.
+    async fn ask(client: &mut DuplexStream, request: &[u8], until: &[u8]) -> Vec<u8> {
+        client.write_all(request).await.unwrap();
         let mut got = Vec::new();
         let mut buf = [0; 1024];
         while !got.windows(until.len()).any(|w| w == until) {
@@ -283,6 +284,11 @@ mod tests {
             }
         }
         got
+    }
+
+    /// Polls `connection` once.
+    async fn poll_once<C: Future + Unpin>(connection: &mut C) -> Poll<C::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *connection).poll(cx))).await
     }
 
     #[tokio::test]
@@ -311,17 +317,19 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(4096);
         tokio::spawn(serve(server));
         // "PRI" begins the preface, and then the bytes part ways.
-        client
-            .write_all(b"PRIX / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let answer = read_until(&mut client, b"\r\n\r\n").await;
+        let answer = ask(
+            &mut client,
+            b"PRIX / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\r\n\r\n",
+        )
+        .await;
         assert!(answer.starts_with(b"HTTP/1.1 "), "{answer:?}");
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let answer = read_until(&mut client, b"\r\n\r\nok").await;
+        let answer = ask(
+            &mut client,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\r\n\r\nok",
+        )
+        .await;
         assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"), "{answer:?}");
     }
 
@@ -331,8 +339,7 @@ mod tests {
         let mut connection = Box::pin(serve(server));
         client.write_all(&PREFACE[..10]).await.unwrap();
         // The connection takes the first part and waits for more.
-        let polled = std::future::poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx))).await;
-        assert!(polled.is_pending());
+        assert!(poll_once(&mut connection).await.is_pending());
         client.write_all(&PREFACE[10..]).await.unwrap();
         // An empty SETTINGS frame.
         client
@@ -356,8 +363,7 @@ mod tests {
     async fn closing_politely_before_the_first_byte_ends_the_connection() {
         let (_client, server) = tokio::io::duplex(64);
         let mut connection = Box::pin(serve(server));
-        let polled = std::future::poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx))).await;
-        assert!(polled.is_pending());
+        assert!(poll_once(&mut connection).await.is_pending());
         connection.as_mut().graceful_shutdown();
         assert!(connection.await.is_ok());
     }
