@@ -96,8 +96,8 @@ pin_project! {
             protocols: Protocols,
         },
         Http1 { #[pin] connection: http1::UpgradeableConnection<TokioIo<Prefixed<T>>, S> },
-        // Boxed: HTTP/2's state is twice HTTP/1.1's, and most connections
-        // are HTTP/1.1.
+        // Boxed: HTTP/2's state is twice HTTP/1.1's, which need not make
+        // room for it.
         Http2 { connection: Pin<Box<http2::Connection<TokioIo<Prefixed<T>>, S, TokioExecutor>>> },
         Closed,
     }
