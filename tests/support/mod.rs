@@ -430,7 +430,8 @@ impl Gateway {
                 SocketAddr::V6(_) => None,
             })
             .collect();
-        let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap();
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
+            .expect("the gateway's sockets are read from /proc (Linux)");
         let inodes: BTreeSet<String> = table
             .lines()
             .skip(1)
@@ -439,7 +440,7 @@ impl Gateway {
             .map(|fields| format!("socket:[{}]", fields[9]))
             .collect();
         std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
+            .expect("the gateway's open files are read from /proc (Linux)")
             .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
             .filter(|target| inodes.contains(target.to_string_lossy().as_ref()))
             .count()
