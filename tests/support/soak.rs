@@ -45,7 +45,8 @@ pub struct Report {
     pub moves: u64,
     pub changes: Vec<String>,
     pub elapsed: Duration,
-    /// The first few misroutes and losses, to debug with.
+    /// The first few misroutes and losses, to debug with, and the
+    /// gateway's log when anything went wrong.
     pub examples: Vec<String>,
     /// Connections the gateway still held to the backends once every
     /// client was done and the backend idle timeout had passed.
@@ -148,7 +149,7 @@ pub async fn run(options: Options) -> Report {
     report.requests = shared.requests.load(SeqCst).min(options.max_requests);
     report.elapsed = elapsed;
     report.backend_connections_left = backend_connections_left(&gateway, &servers).await;
-    if report.misroutes + report.lost > 0 {
+    if report.misroutes + report.lost > 0 || report.backend_connections_left > 0 {
         report
             .examples
             .push(format!("gateway log tail:\n{}", tail(&gateway.log(), 40)));
