@@ -500,6 +500,71 @@ async fn admin_changes_take_effect_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_each_backends_sessions_and_requests_for_prometheus() {
+    let servers = backends(&["b1", "b2"]).await;
+    let gateway = Gateway::start(&servers.iter().collect::<Vec<_>>(), &[]).await;
+
+    // Six sessions of three requests each: one new session and two hits.
+    let mut sessions = new_sessions(&gateway, 6).await;
+    for (browser, home) in &mut sessions {
+        for visit in 2..=3 {
+            assert_eq!(browser.get("/").await.visit(), (home.clone(), visit));
+        }
+    }
+    gateway.post("/backends/b2/drain").await;
+
+    let (status, content_type, text) = gateway.admin_text(Method::GET, "/metrics", "").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        content_type.as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    // Every sample belongs to a family announced by a TYPE line before it.
+    let mut typed = Vec::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(family) = line.strip_prefix("# TYPE ") {
+            typed.push(family.split(' ').next().unwrap().to_owned());
+        } else if !line.starts_with('#') {
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            let family = series.split('{').next().unwrap();
+            assert!(typed.iter().any(|t| t == family), "no TYPE before {line}");
+            samples.insert(series.to_owned(), value.parse::<u64>().expect(line));
+        }
+    }
+    let sample = |series: String| {
+        *samples
+            .get(&series)
+            .unwrap_or_else(|| panic!("{series} in {text}"))
+    };
+
+    for name in ["b1", "b2"] {
+        let homed = sessions.iter().filter(|(_, home)| home == name).count() as u64;
+        let figure =
+            |family: &str| sample(format!("sticky_backend_{family}{{backend=\"{name}\"}}"));
+        assert_eq!(figure("requests_total"), 3 * homed, "{name}: {text}");
+        assert_eq!(figure("new_sessions_total"), homed, "{name}: {text}");
+        assert_eq!(figure("hits_total"), 2 * homed, "{name}: {text}");
+        assert_eq!(figure("failures_total"), 0, "{name}: {text}");
+        assert_eq!(figure("in_flight"), 0, "{name}: {text}");
+    }
+    let state = |name: &str, state: &str| {
+        sample(format!(
+            "sticky_backend_state{{backend=\"{name}\",state=\"{state}\"}}"
+        ))
+    };
+    assert_eq!((state("b1", "active"), state("b1", "draining")), (1, 0));
+    assert_eq!((state("b2", "active"), state("b2", "draining")), (0, 1));
+    let url = servers[0].url();
+    assert_eq!(
+        sample(format!(
+            "sticky_backend_info{{backend=\"b1\",url=\"{url}\",group=\"\"}}"
+        )),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_stays_on_the_session_backend() {
     // tokio-tungstenite's async stream is driven through futures' Sink and
     // Stream traits, which are not dev-dependencies here: its re-exported

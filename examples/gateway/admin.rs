@@ -30,6 +30,9 @@
 //! # Every backend, sorted by name.
 //! curl -s http://127.0.0.1:9000/backends
 //!
+//! # The same figures for Prometheus (text exposition format 0.0.4).
+//! curl -s http://127.0.0.1:9000/metrics
+//!
 //! # Drain b1 (bound sessions stay, no new sessions), then put it back.
 //! curl -s -X POST http://127.0.0.1:9000/backends/b1/drain
 //! curl -s -X POST http://127.0.0.1:9000/backends/b1/undrain
@@ -51,6 +54,15 @@
 //! curl -s -X DELETE http://127.0.0.1:9000/backends/b3
 //! ```
 //!
+//! `GET /metrics` has one series per backend for each counter
+//! (`sticky_backend_requests_total`, `..._new_sessions_total`,
+//! `..._hits_total`, `..._failovers_total`, `..._failures_total`), for
+//! requests in flight, weight and state (`sticky_backend_state`, 1 for the
+//! backend's state and 0 for the others), and `sticky_backend_info` with
+//! its URL and group. Each is labelled `backend="NAME"`. A backend removed
+//! and added again starts its counters from 0, which Prometheus's `rate`
+//! and `increase` read as a reset.
+//!
 //! Each change answers with the backend as it is after the change (removal
 //! answers `{"removed": "b3"}`) and takes effect for the next request the
 //! gateway proxies. Nothing here shows the token keys: the admin API sees
@@ -70,7 +82,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tower_sticky::sticky_core::{BackendSpec, ConfigError, Counters, MAX_WEIGHT};
+use tower_sticky::sticky_core::{BackendSpec, BackendState, ConfigError, Counters, MAX_WEIGHT};
 use tower_sticky::{BackendStatus, Backends};
 
 use crate::proxy::{ProxyOptions, Upstream};
@@ -80,6 +92,7 @@ use crate::proxy::{ProxyOptions, Upstream};
 pub fn router(backends: Backends<Upstream>, options: ProxyOptions) -> Router {
     Router::new()
         .route("/", get(status_page))
+        .route("/metrics", get(metrics))
         .route("/backends", get(list).post(add))
         .route("/backends/{name}", axum::routing::delete(remove))
         .route("/backends/{name}/drain", post(drain))
@@ -367,7 +380,7 @@ async fn remove(
 async fn no_route() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see GET /backends, POST /backends, DELETE /backends/NAME and \
+        "no such endpoint; see GET /backends, GET /metrics, POST /backends, DELETE /backends/NAME and \
          POST /backends/NAME/{drain,undrain,disable,enable,weight/N}",
     )
 }
@@ -377,6 +390,122 @@ async fn wrong_method() -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         "this endpoint does not take that method; changes are POST (DELETE to remove), reads are GET",
     )
+}
+
+/// `GET /metrics`: the backends' figures in Prometheus's text format.
+async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render_metrics(&admin.all()),
+    )
+}
+
+/// Every state a backend can be in, for `sticky_backend_state`.
+const STATES: [BackendState; 4] = [
+    BackendState::Active,
+    BackendState::Draining,
+    BackendState::Disabled,
+    BackendState::Unhealthy,
+];
+
+fn render_metrics(backends: &[BackendJson]) -> String {
+    type Figure = fn(&BackendJson) -> u64;
+    let families: [(&str, &str, &str, Figure); 7] = [
+        (
+            "requests_total",
+            "counter",
+            "Requests dispatched to the backend.",
+            |b| b.counters.requests,
+        ),
+        (
+            "new_sessions_total",
+            "counter",
+            "Sessions started on the backend (new, expired, invalid or failed over).",
+            |b| b.counters.new_sessions,
+        ),
+        (
+            "hits_total",
+            "counter",
+            "Requests of bound sessions that reached their backend.",
+            |b| b.counters.hits,
+        ),
+        (
+            "failovers_total",
+            "counter",
+            "Requests moved to the backend because their own could not serve them.",
+            |b| b.counters.failovers,
+        ),
+        (
+            "failures_total",
+            "counter",
+            "Requests to the backend that failed (errors and 5xx answers that count as failures).",
+            |b| b.counters.failures,
+        ),
+        (
+            "in_flight",
+            "gauge",
+            "Requests to the backend under way now.",
+            |b| b.counters.in_flight,
+        ),
+        ("weight", "gauge", "The backend's weight (0 drains).", |b| {
+            u64::from(b.weight)
+        }),
+    ];
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    for (name, kind, help, figure) in families {
+        let _ = writeln!(out, "# HELP sticky_backend_{name} {help}");
+        let _ = writeln!(out, "# TYPE sticky_backend_{name} {kind}");
+        for b in backends {
+            let label = label_value(&b.name);
+            let _ = writeln!(
+                out,
+                "sticky_backend_{name}{{backend=\"{label}\"}} {}",
+                figure(b)
+            );
+        }
+    }
+    out.push_str("# HELP sticky_backend_state 1 for the backend's state, 0 for the others.\n");
+    out.push_str("# TYPE sticky_backend_state gauge\n");
+    for b in backends {
+        let label = label_value(&b.name);
+        for state in STATES.map(BackendState::as_str) {
+            let value = u8::from(state == b.state);
+            let _ = writeln!(
+                out,
+                "sticky_backend_state{{backend=\"{label}\",state=\"{state}\"}} {value}"
+            );
+        }
+    }
+    out.push_str("# HELP sticky_backend_info The backend's URL and group (empty for none).\n");
+    out.push_str("# TYPE sticky_backend_info gauge\n");
+    for b in backends {
+        let _ = writeln!(
+            out,
+            "sticky_backend_info{{backend=\"{}\",url=\"{}\",group=\"{}\"}} 1",
+            label_value(&b.name),
+            label_value(&b.url),
+            label_value(b.group.as_deref().unwrap_or("")),
+        );
+    }
+    out
+}
+
+/// Escapes text for a label value in Prometheus's text format.
+fn label_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `GET /`: the status page.
@@ -452,7 +581,7 @@ footer {{ margin-top: 1em; color: #666; }}
 <tbody>
 {rows}</tbody>
 </table>
-<footer>JSON: <a href=\"/backends\">/backends</a></footer>
+<footer>JSON: <a href=\"/backends\">/backends</a>; Prometheus: <a href=\"/metrics\">/metrics</a></footer>
 </body>
 </html>
 ",
@@ -697,6 +826,33 @@ mod tests {
         }
         let (_, list) = json_call(&admin, Method::GET, "/backends", "").await;
         assert_eq!(names(&list), ["b1", "b2"]);
+    }
+
+    #[tokio::test]
+    async fn metrics_escape_label_values() {
+        let admin = admin();
+        json_call(
+            &admin,
+            Method::POST,
+            "/backends",
+            r#"{"name": "b\\\"3", "url": "http://127.0.0.1:11"}"#,
+        )
+        .await;
+        let (status, content_type, text) = call(&admin, Method::GET, "/metrics", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(content_type
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        // The name is b\"3: a backslash and a quote, each escaped.
+        assert!(
+            text.contains("sticky_backend_requests_total{backend=\"b\\\\\\\"3\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sticky_backend_state{backend=\"b1\",state=\"active\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("sticky_backend_info{").count(), 3, "{text}");
     }
 
     #[tokio::test]

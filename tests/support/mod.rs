@@ -450,10 +450,15 @@ impl Gateway {
         Browser::new(&self.http, self.addr)
     }
 
-    /// One admin API call; every answer must be JSON.
-    pub async fn admin(&self, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+    /// One call to the admin listener: status, content type and body.
+    pub async fn admin_text(
+        &self,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, Option<String>, String) {
         let request = Request::builder()
-            .method(method.clone())
+            .method(method)
             .uri(format!("http://{}{path}", self.admin))
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.to_owned())))
@@ -468,7 +473,16 @@ impl Gateway {
             .get(CONTENT_TYPE)
             .map(|v| v.to_str().unwrap().to_owned());
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        let text = String::from_utf8(body.to_vec()).unwrap();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    /// One admin API call; every answer must be JSON.
+    pub async fn admin(&self, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+        let (status, content_type, text) = self.admin_text(method.clone(), path, body).await;
         assert_eq!(
             content_type.as_deref(),
             Some("application/json"),
