@@ -234,6 +234,10 @@ impl HashKey<'_> {
 /// (RFC 6265 §4.2), so it is scanned in place: no allocation, and about a
 /// fifth of the cost of parsing each pair as a full cookie. (Cookies the
 /// layer writes are built with the `cookie` crate.)
+///
+/// The header is split as bytes, so a pair that is not UTF-8, or one with
+/// bytes outside visible ASCII (another cookie's `José`, say), costs only
+/// itself: the pairs around it are read as usual.
 pub(crate) fn cookies<'a>(
     headers: &'a HeaderMap,
     limits: &Limits,
@@ -247,11 +251,10 @@ pub(crate) fn cookies<'a>(
             budget = budget.saturating_sub(v.len());
             ok
         })
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
         .take(limits.cookies)
         .filter_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
+            let (name, value) = std::str::from_utf8(pair).ok()?.split_once('=')?;
             let name = name.trim_matches(' ');
             let value = value.trim_matches(' ');
             let value = value

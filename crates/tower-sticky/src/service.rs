@@ -220,8 +220,6 @@ where
     }
 }
 
-/// Removes the named cookies from every `Cookie` header, dropping headers
-/// left empty.
 /// The cookies the layer reads and sets: the LB cookie, then its CORS
 /// twin.
 pub(crate) struct Cookies {
@@ -231,6 +229,9 @@ pub(crate) struct Cookies {
     pub(crate) attributes: Vec<String>,
 }
 
+/// Removes the named cookies from every `Cookie` header, dropping headers
+/// left empty. The other pairs are kept byte for byte, whatever bytes they
+/// hold.
 fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
     if !headers.contains_key(COOKIE) {
         return;
@@ -239,22 +240,17 @@ fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
         .get_all(COOKIE)
         .iter()
         .filter_map(|value| {
-            let Ok(text) = value.to_str() else {
-                return Some(value.clone());
-            };
-            let pairs: Vec<&str> = text
-                .split(';')
-                .map(str::trim)
+            let pairs: Vec<&[u8]> = value
+                .as_bytes()
+                .split(|&b| b == b';')
+                .map(<[u8]>::trim_ascii)
                 .filter(|pair| {
-                    let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
-                    !pair.is_empty() && !names.iter().any(|n| n == name)
+                    let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
+                    !pair.is_empty() && !names.iter().any(|n| n.as_bytes() == name.trim_ascii())
                 })
                 .collect();
-            if pairs.is_empty() {
-                None
-            } else {
-                HeaderValue::from_str(&pairs.join("; ")).ok()
-            }
+            // Pieces of a valid header value, joined by "; ", are valid.
+            (!pairs.is_empty()).then(|| HeaderValue::from_bytes(&pairs.join(&b"; "[..])).ok())?
         })
         .collect();
     headers.remove(COOKIE);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
-use http::{HeaderName, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
 use sticky_core::{BackendSpec, FailoverPolicy, HealthPolicy, Outcome, PoolConfig, Reason};
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
@@ -24,16 +24,15 @@ type Svc = tower::util::BoxCloneSyncService<Request<String>, Response<String>, B
 /// A backend that answers with its name and echoes the Cookie headers it got.
 fn named(name: &'static str) -> Svc {
     Svc::new(service_fn(move |req: Request<String>| async move {
-        let cookies: Vec<&str> = req
+        let cookies: Vec<&[u8]> = req
             .headers()
             .get_all(COOKIE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .map(|v| v.as_bytes())
             .collect();
+        let seen = HeaderValue::from_bytes(&cookies.join(&b" | "[..])).unwrap();
         let mut response = Response::new(name.to_string());
-        response
-            .headers_mut()
-            .insert("x-seen-cookies", cookies.join(" | ").parse().unwrap());
+        response.headers_mut().insert("x-seen-cookies", seen);
         Ok::<_, BoxError>(response)
     }))
 }
@@ -221,6 +220,27 @@ async fn every_cookie_header_is_read_and_the_lb_cookie_can_be_stripped() {
 }
 
 #[tokio::test]
+async fn a_cookie_outside_ascii_costs_only_itself() {
+    let service = layer_service(StickyLayer::new().strip_cookie(true), three());
+    let (cookie, home) = session(&service).await;
+    // Browsers send every cookie in one header; an app's cookie with a
+    // UTF-8 value sits next to the LB cookie.
+    let header = format!("name=José; {cookie}; lang=en");
+    let request = Request::get("/")
+        .header(COOKIE, HeaderValue::from_bytes(header.as_bytes()).unwrap())
+        .body(String::new())
+        .unwrap();
+    let r = send(&service, request).await;
+    assert_eq!(r.extensions().get::<Outcome>(), Some(&Outcome::Hit));
+    assert_eq!(sticky_cookie(&r), None);
+    assert_eq!(
+        r.headers()["x-seen-cookies"].as_bytes(),
+        "name=José; lang=en".as_bytes()
+    );
+    assert_eq!(r.into_body(), home);
+}
+
+#[tokio::test]
 async fn tampered_cookies_start_a_new_session() {
     let service = Sticky::new(three());
     let (cookie, _) = session(&service).await;
@@ -237,7 +257,7 @@ async fn tampered_cookies_start_a_new_session() {
     ] {
         let r = get(&service, Some(bad)).await;
         assert_eq!(r.status(), StatusCode::OK);
-        // An unreadable (non-ASCII) header counts as no cookie at all.
+        // A value outside ASCII is no token the layer wrote.
         let outcome = *r.extensions().get::<Outcome>().unwrap();
         assert!(
             matches!(outcome, Outcome::Invalid | Outcome::New),
