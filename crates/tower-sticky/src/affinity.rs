@@ -196,7 +196,7 @@ pub(crate) struct Found<'a> {
 pub(crate) struct Sources {
     /// The token's: the cookie or the token header.
     pub(crate) token: Option<KeySource>,
-    /// The route's or hash key's.
+    /// The hash key's.
     pub(crate) key: Option<KeySource>,
 }
 
@@ -206,7 +206,8 @@ impl Sources {
     pub(crate) fn of(self, decision: &Decision) -> KeySource {
         let source = match decision.key {
             Some(KeyKind::Token) => self.token,
-            Some(KeyKind::Route | KeyKind::Hash) => self.key,
+            Some(KeyKind::Route) => Some(KeySource::Route),
+            Some(KeyKind::Hash) => self.key,
             None => None,
         };
         source.unwrap_or(KeySource::None)
@@ -404,8 +405,10 @@ pub(crate) fn client_ip(parts: &Parts, policy: &ClientIp, limits: &Limits) -> Op
 }
 
 /// Walks the chain. The LB token is taken where the cookie source stands;
-/// the first other source present ends the walk (and also serves as the
-/// fallback when the token turns out invalid).
+/// the first hash key present ends the walk (and also serves as the
+/// fallback when the token turns out invalid). A route does not end it:
+/// the route may name no backend, and then the next hash key in the chain
+/// places the request.
 pub(crate) fn find<'a>(
     parts: &'a Parts,
     chain: &[Affinity],
@@ -449,9 +452,12 @@ pub(crate) fn find<'a>(
                 }
             }
             Affinity::Route(name) => {
-                found.route = cookie(&parts.headers, name, limits)
-                    .and_then(route_suffix)
-                    .or_else(|| path_param(parts.uri.path(), name).and_then(route_suffix));
+                if found.route.is_none() {
+                    found.route = cookie(&parts.headers, name, limits)
+                        .and_then(route_suffix)
+                        .or_else(|| path_param(parts.uri.path(), name).and_then(route_suffix));
+                }
+                continue;
             }
             Affinity::Query(name) => {
                 if let Some(v) = query(parts, name) {
@@ -464,11 +470,10 @@ pub(crate) fn find<'a>(
                 }
             }
         }
-        if found.hash.is_some() || found.route.is_some() {
+        if found.hash.is_some() {
             found.sources.key = Some(match source {
                 Affinity::Header(_) => KeySource::Header,
                 Affinity::AppCookie(_) => KeySource::AppCookie,
-                Affinity::Route(_) => KeySource::Route,
                 Affinity::Query(_) => KeySource::Query,
                 _ => KeySource::ClientIp,
             });

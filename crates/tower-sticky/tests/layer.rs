@@ -584,6 +584,46 @@ async fn route_suffixes_in_cookie_and_path_reach_their_backend() {
     );
 }
 
+/// A route naming no backend (its node was removed) leaves the next key in
+/// the chain to place the session, so that it stays together.
+#[tokio::test]
+async fn an_unknown_route_leaves_the_next_key_to_place_the_request() {
+    let backends = Backends::new(
+        config_with(&[SECRET]),
+        ["node1", "node2", "node3"].map(|n| (BackendSpec::new(n).route(n), named(n))),
+    )
+    .unwrap();
+    let service = layer_service(
+        StickyLayer::new().affinity([
+            Affinity::Route("JSESSIONID".into()),
+            Affinity::Header(HeaderName::from_static("x-user")),
+        ]),
+        backends,
+    );
+    let request = |route: &str, user: &str| {
+        Request::get("/")
+            .header(COOKIE, format!("JSESSIONID=ABC123.{route}"))
+            .header("x-user", user)
+            .body(String::new())
+            .unwrap()
+    };
+    for user in ["u1", "u2", "u3", "u4", "u5", "u6"] {
+        let mut homes = Vec::new();
+        for _ in 0..4 {
+            let r = send(&service, request("gone", user)).await;
+            let placement = r.extensions().get::<Placement>().unwrap().clone();
+            assert_eq!(placement.source, tower_sticky::KeySource::Header, "{user}");
+            homes.push(r.into_body());
+        }
+        assert!(homes.iter().all(|h| *h == homes[0]), "{user}: {homes:?}");
+        // A route that names a backend still comes first.
+        let r = send(&service, request("node2", user)).await;
+        let placement = r.extensions().get::<Placement>().unwrap().clone();
+        assert_eq!(placement.source, tower_sticky::KeySource::Route);
+        assert_eq!(r.into_body(), "node2");
+    }
+}
+
 /// A cookie that does not check out (say, signed with a retired key) must
 /// not cost a Tomcat-style session its node: the route places it, and the
 /// cookie is replaced with one for that node.
