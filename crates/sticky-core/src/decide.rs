@@ -181,6 +181,8 @@ pub struct Decision {
     pub key: Option<KeyKind>,
     /// A token to send to the client, when one is due.
     pub token: Option<String>,
+    /// When the session that `token` carries started.
+    issued: Option<Duration>,
     /// The stable hash of the hash key, kept for retries.
     hash: Option<u64>,
     /// Whether the request went where its key binds it (strict mode does
@@ -189,12 +191,21 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// When the session carried by [`Decision::token`] started: now for a
+    /// new session, the first token's time for a refreshed or re-signed
+    /// one. Pass it to [`TokenCodec::max_age`](crate::token::TokenCodec::max_age)
+    /// for the cookie's lifetime. `None` when there is no token.
+    pub fn token_issued(&self) -> Option<Duration> {
+        self.issued
+    }
+
     fn rejected(reason: Reason) -> Decision {
         Decision {
             backend: None,
             outcome: Outcome::Rejected(reason),
             key: None,
             token: None,
+            issued: None,
             hash: None,
             bound: false,
         }
@@ -344,14 +355,14 @@ impl Snapshot {
             Bound::Token(_) | Bound::Route(None) | Bound::Hash(_) => (Outcome::Hit, None),
         };
         member.stats().count_hit();
-        let token = issued
-            .filter(|_| keys.issue_token)
-            .map(|issued| self.seal(m, issued, now));
+        let issued = issued.filter(|_| keys.issue_token);
+        let token = issued.map(|issued| self.seal(m, issued, now));
         Decision {
             backend: Some(m as usize),
             outcome,
             key: Some(how.kind()),
             token,
+            issued,
             hash,
             bound: true,
         }
@@ -411,12 +422,14 @@ impl Snapshot {
             Outcome::Failover(_) => stats.count_failover(),
             _ => stats.count_new_session(),
         }
-        let token = keys.issue_token.then(|| self.seal(m, now, now));
+        let issued = keys.issue_token.then_some(now);
+        let token = issued.map(|issued| self.seal(m, issued, now));
         Decision {
             backend: Some(m as usize),
             outcome,
             key: hash.map(|_| KeyKind::Hash),
             token,
+            issued,
             hash,
             bound: false,
         }

@@ -219,7 +219,8 @@ impl<S> Ctx<S> {
             return;
         }
         let codec = &self.table.snapshot.config().tokens;
-        let max_age = codec.max_age(self.now, self.now);
+        let issued = self.decision.token_issued().unwrap_or(self.now);
+        let max_age = codec.max_age(issued, self.now);
         let cookies = &*self.cookies;
         for (name, attributes) in cookies.names.iter().zip(&cookies.attributes) {
             let mut value = String::with_capacity(name.len() + token.len() + attributes.len() + 24);

@@ -203,6 +203,43 @@ async fn backend_cookies_and_cache_headers_are_respected() {
     assert_eq!(r.headers()[CACHE_CONTROL], "private, max-age=60");
 }
 
+/// A refreshed cookie lives no longer in the browser than its session
+/// does on the server: the session's lifetime counts from its first token.
+#[tokio::test]
+async fn a_refreshed_cookie_expires_with_its_session() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let minutes = |m: u64| Duration::from_secs(60 * m);
+    let config = TokenConfig::new("sticky")
+        .max_lifetime(minutes(60))
+        .idle_timeout(minutes(30));
+    let keys = KeyRing::new([SECRET]).unwrap();
+    let codec = TokenCodec::new(keys.clone(), config.clone());
+    let service = Sticky::new(backends_of(
+        PoolConfig::new(TokenCodec::new(keys.clone(), config)),
+        &["b1", "b2", "b3"],
+    ));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    // Started 50 minutes ago, last seen 20 minutes ago: due for a refresh,
+    // and 10 minutes from the end of its lifetime.
+    let token = codec.seal(
+        keys.backend_tag(0, "b2"),
+        keys.group_tag(0, ""),
+        now - minutes(50),
+        now - minutes(20),
+    );
+    let r = get(&service, Some(&format!("sticky={token}"))).await;
+    assert_eq!(r.extensions().get::<Outcome>(), Some(&Outcome::Refreshed));
+    let set = r.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    let max_age: u64 = set
+        .split("; ")
+        .find_map(|attribute| attribute.strip_prefix("Max-Age="))
+        .unwrap_or_else(|| panic!("no Max-Age in {set}"))
+        .parse()
+        .unwrap();
+    assert!((595..=600).contains(&max_age), "{set}");
+    assert_eq!(r.into_body(), "b2");
+}
+
 #[tokio::test]
 async fn every_cookie_header_is_read_and_the_lb_cookie_can_be_stripped() {
     let service = layer_service(StickyLayer::new().strip_cookie(true), three());
