@@ -170,6 +170,10 @@ impl fmt::Debug for KeyRing {
     }
 }
 
+/// Above half the idle timeout, a session whose requests come more often
+/// than its idle timeout could still run out between two re-issues.
+const MAX_REFRESH_FRACTION: f64 = 0.5;
+
 /// Lifetimes and naming of tokens.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenConfig {
@@ -182,7 +186,10 @@ pub struct TokenConfig {
     /// How far clocks of replicas may disagree.
     pub clock_skew: Duration,
     /// A returning session is re-issued a token once its last-seen time is
-    /// older than this fraction of the idle timeout (0.0 to 1.0).
+    /// older than this fraction of the idle timeout (0.0 to 0.5; larger
+    /// values count as 0.5). The last-seen time only moves when a token
+    /// is re-issued, so a session is kept while its requests come at most
+    /// (1 − fraction) × the idle timeout apart.
     pub refresh_fraction: f64,
 }
 
@@ -217,9 +224,10 @@ impl TokenConfig {
         self
     }
 
-    /// Sets the refresh fraction of the idle timeout.
+    /// Sets the refresh fraction of the idle timeout (0.0 to 0.5, see
+    /// [`TokenConfig::refresh_fraction`](#structfield.refresh_fraction)).
     pub fn refresh_fraction(mut self, fraction: f64) -> Self {
-        self.refresh_fraction = fraction.clamp(0.0, 1.0);
+        self.refresh_fraction = fraction.clamp(0.0, MAX_REFRESH_FRACTION);
         self
     }
 }
@@ -306,9 +314,10 @@ fn secs(t: Duration) -> u32 {
 impl TokenCodec {
     /// A codec for `config.name` under `keys`.
     pub fn new(keys: KeyRing, config: TokenConfig) -> Self {
+        let fraction = config.refresh_fraction.clamp(0.0, MAX_REFRESH_FRACTION);
         let refresh_after = config
             .idle_timeout
-            .map(|idle| (idle.as_secs_f64() * config.refresh_fraction) as u64);
+            .map(|idle| (idle.as_secs_f64() * fraction) as u64);
         let bound = keys
             .keys
             .iter()

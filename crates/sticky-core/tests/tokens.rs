@@ -158,6 +158,45 @@ fn refresh_is_due_after_a_fraction_of_the_idle_timeout() {
     );
 }
 
+/// The last-seen time moves only when a token is re-issued, so a refresh
+/// fraction near 1 would let an active session run out; it is held to 0.5.
+#[test]
+fn a_session_active_within_half_its_idle_timeout_is_kept() {
+    for fraction in [0.25, 0.5, 0.9, 1.0] {
+        let config = TokenConfig::new("sticky")
+            .idle_timeout(Duration::from_secs(100))
+            .refresh_fraction(fraction);
+        for c in [
+            codec_with(&[NEW], config.clone()),
+            // Set directly, not through the builder.
+            codec_with(
+                &[NEW],
+                TokenConfig {
+                    refresh_fraction: fraction,
+                    ..config
+                },
+            ),
+        ] {
+            let mut token = c.seal(1, 1, NOW, NOW);
+            let mut cookie_expires = NOW + c.max_age(NOW, NOW).unwrap();
+            for request in 1..=10 {
+                let now = NOW + Duration::from_secs(50 * request);
+                assert!(
+                    now < cookie_expires,
+                    "fraction {fraction}: the browser dropped the cookie before request {request}"
+                );
+                let opened = c
+                    .open(&token, now)
+                    .unwrap_or_else(|e| panic!("fraction {fraction}, request {request}: {e:?}"));
+                if opened.refresh_due {
+                    token = c.seal(1, 1, NOW, now);
+                    cookie_expires = now + c.max_age(NOW, now).unwrap();
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn key_rotation() {
     let old = codec_with(&[OLD], TokenConfig::new("sticky"));
