@@ -283,6 +283,25 @@ async fn a_transfer_coded_answer_is_passed_on_framed_right_or_not_at_all() {
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
 }
 
+/// The gateway speaks HTTP/1.1 to its clients whatever its backends
+/// speak (RFC 9110, 2.5): an HTTP/1.0 backend costs the client neither
+/// its keep-alive connection nor its framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_backend_is_answered_for_in_http11() {
+    for answer in [
+        &b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello"[..],
+        // No length: the body ends where the backend closes.
+        &b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello"[..],
+    ] {
+        let backend = raw_answer_backend(answer).await;
+        let gateway = Gateway::start(&[&backend], &[]).await;
+        let mut connection = KeepAlive::connect(gateway.addr).await;
+        for _ in 0..3 {
+            assert_eq!(connection.get_ok().await, "hello");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_pass_intact_both_ways() {
     let backend = echo_backend("echo").await;

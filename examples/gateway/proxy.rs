@@ -385,6 +385,9 @@ impl Upstream {
                 "the response is in a transfer coding other than chunked",
             ));
         }
+        // A proxy answers in its own version (RFC 9110, 2.5): an HTTP/1.0
+        // backend must not make the client's connection HTTP/1.0 too.
+        parts.version = Version::HTTP_11;
         // The backend's time for the body's first part starts now.
         conn.arm();
         let body = Leased {

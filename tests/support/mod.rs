@@ -558,6 +558,7 @@ impl KeepAlive {
         self.sender.ready().await.expect("the connection is open");
         let response = self.sender.send_request(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), http::Version::HTTP_11);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8_lossy(&body).into_owned()
     }
