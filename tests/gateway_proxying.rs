@@ -428,3 +428,90 @@ async fn upstream_connections_are_reused_however_many_requests_are_in_progress()
         "{ROUNDS} rounds of {AT_ONCE} requests at once opened {opened} backend connections"
     );
 }
+
+/// A backend that answers the first request on each connection, then
+/// reads the next one and closes without answering: what a backend does
+/// when its keep-alive timeout (or a restart) closes an idle connection
+/// just as the gateway sends a request on it. Counts the requests it read.
+async fn closing_after_one_backend() -> (Backend, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&seen);
+    let backend = raw_backend("closing", move |mut stream| {
+        let seen = Arc::clone(&counted);
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            seen.fetch_add(1, Ordering::SeqCst);
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buffer[..n]),
+                }
+            }
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    (backend, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_lost_to_a_closing_backend_connection_is_sent_again_if_it_may_be() {
+    use std::sync::atomic::Ordering;
+    let (backend, seen) = closing_after_one_backend().await;
+    let gateway = Gateway::start(&[&backend], &[]).await;
+    // One client connection, so that both requests are served by one
+    // worker and the second finds the first's backend connection pooled.
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut client, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut send = async |method: Method, body: &'static str| {
+        let request = Request::builder()
+            .method(method)
+            .uri("/")
+            .header(http::header::HOST, "app.test")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        client
+            .ready()
+            .await
+            .expect("the client connection stays open");
+        let response = client.send_request(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    };
+
+    // Idempotent and without a body: sent again on a new connection. The
+    // gateway keeps a copy for that only when the pooled connection has
+    // been unused for 100 ms or more, as one the backend closes for its
+    // keep-alive timeout has; the pause makes it so.
+    let unused = Duration::from_millis(150);
+    for method in [Method::GET, Method::GET, Method::OPTIONS, Method::DELETE] {
+        let before = seen.load(Ordering::SeqCst);
+        tokio::time::sleep(unused).await;
+        let (status, _) = send(method.clone(), "").await;
+        assert_eq!(status, StatusCode::OK, "{method}");
+        assert!(seen.load(Ordering::SeqCst) > before, "{method}");
+    }
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        7,
+        "every request but the first twice"
+    );
+
+    // The backend may have acted on a POST: the client gets the error.
+    tokio::time::sleep(unused).await;
+    let (status, _) = send(Method::POST, "order=1").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(seen.load(Ordering::SeqCst), 8, "the POST sent once only");
+}

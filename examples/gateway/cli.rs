@@ -113,8 +113,10 @@ pub struct Args {
 
     /// How long, in seconds, a connection to a backend may sit unused
     /// before the gateway closes it. Set it below the backends' own
-    /// keep-alive timeout, so that a request never goes out on a
-    /// connection the backend is closing.
+    /// keep-alive timeout, so that a request seldom goes out on a
+    /// connection the backend is closing. (When one does, a GET or other
+    /// idempotent request without a body is sent again on a new
+    /// connection; any other gets 502.)
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub backend_idle_timeout: u64,
 

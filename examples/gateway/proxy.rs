@@ -16,6 +16,17 @@
 //! request was written: the layer then retries it on the next candidate,
 //! whatever the method, because nothing reached any backend.
 //!
+//! A backend may also close an idle connection just as a request goes out
+//! on it (its keep-alive timeout running out, or a restart), so that the
+//! request was written but nothing came back. A request without a body
+//! whose method is idempotent (GET, HEAD, OPTIONS, DELETE, ...), sent on a
+//! connection that had been unused for 100 ms or more, is then sent once
+//! more on a new connection to the same backend, as nginx does; any other
+//! request gets the error, as the backend may have acted on it. The copy
+//! this needs is made only for such connections, so that a steady stream
+//! of requests, whose connections are never unused that long, does not
+//! pay for it.
+//!
 //! A backend gets `backend_timeout` to answer: for the response head once
 //! the whole request has been handed over (so a slow upload is not taken
 //! for a slow backend), then between parts of the response body.
@@ -83,6 +94,11 @@ impl ProxyError {
 pub type Body = BoxBody<Bytes, BoxError>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A request going out on a pooled connection unused for this long keeps
+/// a copy to send again if the backend closes the connection unanswered:
+/// long enough that requests in a steady stream never pay for the copy,
+/// shorter than any backend's keep-alive timeout.
+const REPLAY_AFTER_UNUSED: Duration = Duration::from_millis(100);
 /// The default of `--backend-timeout`.
 pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default of `--backend-idle-timeout` (as nginx's upstream
@@ -239,11 +255,11 @@ impl Upstream {
     }
 
     /// A pooled connection ready for a request, the most recently used
-    /// first. Connections still busy (their last response's end not yet
-    /// seen by their task) stay pooled; closed ones are dropped. Those
-    /// unused for the idle timeout are closed, not taken, even if their
-    /// timer has not run yet.
-    fn take_idle(&self) -> Option<Conn> {
+    /// first, and how long it sat unused. Connections still busy (their
+    /// last response's end not yet seen by their task) stay pooled; closed
+    /// ones are dropped. Those unused for the idle timeout are closed, not
+    /// taken, even if their timer has not run yet.
+    fn take_idle(&self) -> Option<(Conn, Duration)> {
         let now = tokio::time::Instant::now();
         let (mut pool, _) = self.idle();
         pool.close_unused(now, self.inner.options.backend_idle_timeout);
@@ -252,7 +268,9 @@ impl Upstream {
         while i > 0 {
             i -= 1;
             if idle[i].sender.is_ready() {
-                return idle.remove(i);
+                let conn = idle.remove(i)?;
+                let unused = now.saturating_duration_since(conn.idle_since);
+                return Some((conn, unused));
             }
             if idle[i].sender.is_closed() {
                 idle.remove(i);
@@ -321,14 +339,33 @@ impl Upstream {
         let (mut request, mut handed_over) = Outgoing::wrap(request);
 
         // A pooled connection may have closed; if so the request comes back
-        // untouched and goes out on a fresh connection.
+        // untouched and goes out on a fresh connection. If it closed as the
+        // request went out, a copy of a request that may be sent twice
+        // goes out instead.
         if !upgrade {
-            while let Some(mut conn) = self.take_idle() {
+            let replayable = handed_over.is_none() && request.method().is_idempotent();
+            let mut copy = None;
+            while let Some((mut conn, unused)) = self.take_idle() {
+                if replayable && copy.is_none() && unused >= REPLAY_AFTER_UNUSED {
+                    copy = Some(Outgoing::copy(&request));
+                }
                 match conn.exchange(request, &mut handed_over).await? {
                     Ok(response) => return self.finish(response, conn),
-                    Err(mut error) => match error.take_message() {
-                        Some(unsent) => request = unsent,
-                        None => return Err(ProxyError::new(error.into_error())),
+                    Err(mut error) => match (error.take_message(), copy.take()) {
+                        (Some(unsent), kept) => {
+                            request = unsent;
+                            copy = kept;
+                        }
+                        (None, Some(copy)) if closed_unanswered(error.error()) => {
+                            tracing::debug!(
+                                backend = self.url(),
+                                "the backend closed a pooled connection as a request went out; \
+                                 sending it again on a new connection"
+                            );
+                            request = copy;
+                            break;
+                        }
+                        (None, _) => return Err(ProxyError::new(error.into_error())),
                     },
                 }
             }
@@ -437,10 +474,15 @@ impl Service<Request<Incoming>> for Upstream {
 }
 
 /// The error for a request that never left: the layer may retry it, as
-/// it came (its upload followed still, for the client timeout).
+/// it came (its upload followed still, for the client timeout). A copy
+/// sent again has no request of the client's left to hand back; it has
+/// reached the backend once already, so its error is final.
 fn unsent(request: Request<Outgoing>, error: impl Into<BoxError>) -> ProxyError {
     let (mut parts, outgoing) = request.into_parts();
-    let (body, upload) = outgoing.body.into_parts();
+    let Some(body) = outgoing.body else {
+        return ProxyError::new(error);
+    };
+    let (body, upload) = body.into_parts();
     if let Some(upload) = upload {
         parts.extensions.insert(upload);
     }
@@ -796,7 +838,8 @@ impl Conn {
 /// also tells the client timeout when it waits for the client (through
 /// the [`crate::client::Upload`] in the request's extensions).
 struct Outgoing {
-    body: Uploading<Incoming>,
+    /// `None` for a copy of a request without a body.
+    body: Option<Uploading<Incoming>>,
     handed_over: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -817,11 +860,46 @@ impl Outgoing {
             (Some(sender), Some(receiver))
         };
         let request = request.map(|body| Outgoing {
-            body: Uploading::new(body, upload),
+            body: Some(Uploading::new(body, upload)),
             handed_over,
         });
         (request, receiver)
     }
+
+    /// A copy of `request`, which has no body, to send again.
+    fn copy(request: &Request<Outgoing>) -> Request<Outgoing> {
+        let mut copy = Request::new(Outgoing {
+            body: None,
+            handed_over: None,
+        });
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.version_mut() = request.version();
+        *copy.headers_mut() = request.headers().clone();
+        copy
+    }
+}
+
+/// Whether a request that went out on a connection got no answer because
+/// the connection closed: the backend's end of an idle connection, not a
+/// fault in the request or the response.
+fn closed_unanswered(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = error.source();
+    }
+    false
 }
 
 impl hyper::body::Body for Outgoing {
@@ -832,19 +910,27 @@ impl hyper::body::Body for Outgoing {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if !matches!(frame, Some(Ok(_))) || self.body.is_end_stream() {
+        let Some(body) = &mut self.body else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(Pin::new(&mut *body).poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) || body.is_end_stream() {
             self.handed_over = None;
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body
+            .as_ref()
+            .is_none_or(hyper::body::Body::is_end_stream)
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
+        self.body.as_ref().map_or_else(
+            || hyper::body::SizeHint::with_exact(0),
+            hyper::body::Body::size_hint,
+        )
     }
 }
 
