@@ -150,7 +150,49 @@ async fn requests_the_gateway_cannot_pass_on_safely_are_refused_before_any_backe
         raw_status(gateway.addr, b"GET / HTTP/1.1\r\n\r\n").await,
         400
     );
+    // A Host that is no host: a backend building links from it, or
+    // routing on it, would read it its own way (RFC 9112, 3.2).
+    for host in [
+        &b"a b"[..],
+        b"shop.example/admin",
+        b"user@shop.example",
+        b"shop.example?x",
+        b"shop.example#x",
+        b"caf\xc3\xa9.example",
+    ] {
+        let request = [b"GET / HTTP/1.1\r\nHost: ", host, b"\r\n\r\n"].concat();
+        assert_eq!(
+            raw_status(gateway.addr, &request).await,
+            400,
+            "{}",
+            String::from_utf8_lossy(host)
+        );
+    }
+    let userinfo = b"GET http://user@shop.example/ HTTP/1.1\r\nHost: shop.example\r\n\r\n";
+    assert_eq!(raw_status(gateway.addr, userinfo).await, 400);
+    let request = Request::get("http://user@shop.example/")
+        .body(Full::default())
+        .unwrap();
+    let response = http2.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Names, addresses and ports are hosts.
+    for host in [
+        "shop.example",
+        "shop.example:8443",
+        "127.0.0.1:80",
+        "[::1]:8080",
+        "xn--caf-dma.example",
+        "",
+    ] {
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        assert_eq!(
+            raw_status(gateway.addr, request.as_bytes()).await,
+            200,
+            "{host:?}"
+        );
+    }
+    let before = requests.load(std::sync::atomic::Ordering::SeqCst);
 
     // HTTP/1.0 needs no Host; everything else is served as before.
     assert_eq!(
@@ -158,7 +200,10 @@ async fn requests_the_gateway_cannot_pass_on_safely_are_refused_before_any_backe
         200
     );
     gateway.assert_keeps_serving().await;
-    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        before + 2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -415,7 +415,21 @@ fn refusal(request: &Request<Incoming>) -> Option<(http::StatusCode, &'static st
         (None, _) if request.version() == http::Version::HTTP_11 => {
             return Some((http::StatusCode::BAD_REQUEST, "no Host header"));
         }
+        (Some(host), _) if !is_host(host.as_bytes()) => {
+            return Some((
+                http::StatusCode::BAD_REQUEST,
+                "the Host header is not a host",
+            ));
+        }
         _ => {}
+    }
+    if let Some(authority) = request.uri().authority() {
+        if !is_host(authority.as_str().as_bytes()) {
+            return Some((
+                http::StatusCode::BAD_REQUEST,
+                "the request target's authority is not a host",
+            ));
+        }
     }
     if request.method() == http::Method::CONNECT {
         return Some((
@@ -437,6 +451,38 @@ fn refusal(request: &Request<Incoming>) -> Option<(http::StatusCode, &'static st
 /// 503 for a session that may not move (strict mode) or no backend at
 /// all; 504 for a backend that did not answer in time; 502 for a backend
 /// that failed.
+/// Whether `value` can be a Host header or a target's authority (RFC 9112,
+/// 3.2; RFC 3986, 3.2.2 and 3.2.3): a host name or address, and a port,
+/// with no user information, path, space or control character. A backend
+/// or an app that builds links from it could read anything else its own
+/// way.
+fn is_host(value: &[u8]) -> bool {
+    value.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+    })
+}
+
 fn error_response(error: Error) -> http::Response<proxy::Body> {
     let (status, message) = match &error {
         Error::Rejected(_) => (error.status(), "no backend can serve this session"),
