@@ -157,6 +157,31 @@ async fn forwarding_headers_host_and_hop_by_hop_headers() {
     }
 }
 
+/// Behind a load balancer that ends TLS, the backend must hear that the
+/// client used HTTPS, from that proxy only: a client's own claim is
+/// replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxys_forwarded_proto_and_host_are_kept() {
+    let backend = echo_backend("echo").await;
+    for (flags, proto, host) in [
+        (&["--trusted-proxies", "1"][..], "https", "shop.example"),
+        (&[][..], "http", ""),
+    ] {
+        let gateway = Gateway::start(&[&backend], flags).await;
+        let request = Request::get(format!("http://{}/", gateway.addr))
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "shop.example")
+            .body(Full::default())
+            .unwrap();
+        let seen = send(&gateway, request).await;
+        let gateway_host = gateway.addr.to_string();
+        let host = if host.is_empty() { &gateway_host } else { host };
+        assert_eq!(seen.received("x-forwarded-proto"), [proto], "{flags:?}");
+        assert_eq!(seen.received("x-forwarded-host"), [host], "{flags:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preserve_host_keeps_the_clients_host() {
     let backend = echo_backend("echo").await;

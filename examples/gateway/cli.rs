@@ -78,6 +78,9 @@ pub struct Args {
 
     /// How many proxies in front of the gateway to trust in
     /// X-Forwarded-For (for `--affinity ip`). Default 0: the peer address.
+    /// With 1 or more, the X-Forwarded-Proto and X-Forwarded-Host the
+    /// nearest proxy sends are passed on to the backends; otherwise the
+    /// gateway sets its own.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub trusted_proxies: usize,
 

@@ -105,6 +105,7 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         workers,
         backend_timeout: Duration::from_secs(args.backend_timeout),
         backend_idle_timeout: Duration::from_secs(args.backend_idle_timeout),
+        trust_forwarded: args.trusted_proxies > 0,
     };
     let mut members = Vec::new();
     for (name, url) in &backends_given {

@@ -117,6 +117,10 @@ pub struct ProxyOptions {
     pub backend_timeout: Duration,
     /// How long a pooled connection may sit unused and still be taken.
     pub backend_idle_timeout: Duration,
+    /// The peer is a proxy the gateway trusts (`--trusted-proxies`): its
+    /// X-Forwarded-Proto and X-Forwarded-Host say what the client used,
+    /// and are passed on instead of the gateway's own.
+    pub trust_forwarded: bool,
 }
 
 impl Default for ProxyOptions {
@@ -126,6 +130,7 @@ impl Default for ProxyOptions {
             workers: 0,
             backend_timeout: BACKEND_TIMEOUT,
             backend_idle_timeout: BACKEND_IDLE_TIMEOUT,
+            trust_forwarded: false,
         }
     }
 }
@@ -701,9 +706,16 @@ fn prepare(request: &mut Request<Incoming>, upstream: &Inner, upgrade: bool) {
             headers.append(header::FORWARDED, value);
         }
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    // A trusted proxy in front knows what the client used (HTTPS, say,
+    // ended at a load balancer); anyone else's claim is replaced.
+    let trusted = upstream.options.trust_forwarded;
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
     if let Some(host) = &original_host {
-        headers.insert(X_FORWARDED_HOST, host.clone());
+        if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
     }
     // An HTTP/2 request names its host in :authority and may carry no
     // Host header: the backend's HTTP/1.1 request must have one.
