@@ -170,6 +170,12 @@ impl<S> Ctx<S> {
                 self.in_flight = Some(self.table.snapshot.start_request(b));
                 Ok(self.table.services[b].clone())
             }
+            // No other backend to try: the failure is the one that was
+            // tried, not a refusal to place the request.
+            (None, Outcome::Rejected(sticky_core::Reason::Unavailable)) => {
+                let backend = self.table.snapshot.member(failed).id().clone();
+                Err(Error::Backend { backend, source })
+            }
             (None, Outcome::Rejected(reason)) => Err(Error::Rejected(reason)),
             (None, _) => Err(Error::Rejected(sticky_core::Reason::Unavailable)),
         }

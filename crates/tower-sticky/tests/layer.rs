@@ -863,6 +863,28 @@ async fn connection_errors_are_retried_once_on_the_next_candidate() {
     assert!(retried > 0);
 }
 
+/// With no other backend to move to, a connection error is the backend's
+/// failure (a gateway answers 502), not a refusal to place the request
+/// (503).
+#[tokio::test]
+async fn a_lone_backend_that_refuses_connections_is_a_backend_failure() {
+    let unsent = Svc::new(service_fn(|req: Request<String>| async move {
+        Err::<Response<String>, BoxError>(Box::new(Unsent::new(req, "connection refused")))
+    }));
+    let backends =
+        Backends::new(config_with(&[SECRET]), [(BackendSpec::new("only"), unsent)]).unwrap();
+    let service = Sticky::new(backends);
+    let error = service
+        .oneshot(Request::get("/").body(String::new()).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), StatusCode::BAD_GATEWAY, "{error}");
+    assert!(
+        matches!(&error, Error::Backend { backend, .. } if backend.as_str() == "only"),
+        "{error}"
+    );
+}
+
 #[derive(Clone)]
 struct RefuseReady(Svc);
 
