@@ -536,7 +536,21 @@ async fn a_request_lost_to_a_closing_backend_connection_is_sent_again_if_it_may_
 
     // The backend may have acted on a POST: the client gets the error.
     tokio::time::sleep(unused).await;
-    let (status, _) = send(Method::POST, "order=1").await;
+    let (status, body) = send(Method::POST, "order=1").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        body,
+        "the backend closed the connection without an answer, or with one that cannot be passed on\n"
+    );
     assert_eq!(seen.load(Ordering::SeqCst), 8, "the POST sent once only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_cannot_be_reached_is_named_so() {
+    let mut backend = Backend::start("gone").await;
+    backend.stop().await;
+    let gateway = Gateway::start(&[&backend], &[]).await;
+    let reply = gateway.browser().get("/").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.body, "the backend could not be reached\n");
 }

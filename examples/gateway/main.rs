@@ -452,6 +452,14 @@ fn refusal(request: &Request<Incoming>) -> Option<(http::StatusCode, &'static st
 /// 503 for a session that may not move (strict mode) or no backend at
 /// all; 504 for a backend that did not answer in time; 502 for a backend
 /// that failed.
+/// Whether a backend's error is for a request that never reached it.
+fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        error.downcast_ref::<ProxyError>(),
+        Some(ProxyError::Failed(inner)) if inner.is::<tower_sticky::Unsent<Incoming>>()
+    )
+}
+
 /// Whether `value` can be a Host header or a target's authority (RFC 9112,
 /// 3.2; RFC 3986, 3.2.2 and 3.2.3): a host name or address, and a port,
 /// with no user information, path, space or control character. A backend
@@ -498,7 +506,13 @@ fn error_response(error: Error) -> http::Response<proxy::Body> {
                 "the backend did not answer in time",
             )
         }
-        Error::Backend { .. } => (error.status(), "the backend could not be reached"),
+        Error::Backend { source, .. } if never_sent(source.as_ref()) => {
+            (error.status(), "the backend could not be reached")
+        }
+        Error::Backend { .. } => (
+            error.status(),
+            "the backend closed the connection without an answer, or with one that cannot be passed on",
+        ),
     };
     tracing::warn!(%error, status = status.as_u16(), "request failed: {message}");
     proxy::text(status, message)
