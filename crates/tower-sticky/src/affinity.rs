@@ -266,6 +266,36 @@ pub(crate) fn cookies<'a>(
         })
 }
 
+/// At most this many differing copies of the LB cookie are tried, so that
+/// a request cannot make the layer check a signature per cookie it sends.
+const LB_COOKIE_COPIES: usize = 4;
+
+/// The LB cookie's value (under any of `names`). Browsers keep one cookie
+/// per name, Domain and Path, and send the more specific first, so a stale
+/// copy left under another Path or Domain can come before the live one.
+/// When copies differ, the first of up to [`LB_COOKIE_COPIES`] that
+/// `opens` wins; when none does, the first, which then counts as invalid.
+fn lb_cookie<'a>(
+    headers: &'a HeaderMap,
+    names: &[String],
+    limits: &Limits,
+    opens: &dyn Fn(&str) -> bool,
+) -> Option<&'a str> {
+    let mut copies = cookies(headers, limits)
+        .filter(|(name, _)| names.iter().any(|n| n == name))
+        .map(|(_, value)| value);
+    let first = copies.next()?;
+    let mut others = copies.filter(|value| *value != first).peekable();
+    if others.peek().is_none() {
+        return Some(first);
+    }
+    std::iter::once(first)
+        .chain(others)
+        .take(LB_COOKIE_COPIES)
+        .find(|value| opens(value))
+        .or(Some(first))
+}
+
 fn cookie<'a>(headers: &'a HeaderMap, name: &str, limits: &Limits) -> Option<&'a str> {
     cookies(headers, limits)
         .find(|(n, _)| *n == name)
@@ -416,6 +446,7 @@ pub(crate) fn find<'a>(
     token_header: Option<&HeaderName>,
     ip_policy: &ClientIp,
     limits: &Limits,
+    opens: &dyn Fn(&str) -> bool,
 ) -> Found<'a> {
     let mut found = Found::default();
     for source in chain {
@@ -428,9 +459,7 @@ pub(crate) fn find<'a>(
                     let (token, source) = match from_header {
                         Some(token) => (Some(token), KeySource::TokenHeader),
                         None => (
-                            cookie_names
-                                .iter()
-                                .find_map(|n| cookie(&parts.headers, n, limits)),
+                            lb_cookie(&parts.headers, cookie_names, limits, opens),
                             KeySource::Cookie,
                         ),
                     };

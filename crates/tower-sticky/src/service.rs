@@ -195,6 +195,7 @@ where
                 config.token_header.as_ref(),
                 &config.client_ip,
                 &config.limits,
+                &|token| table.snapshot.config().tokens.open(token, now).is_ok(),
             );
             let keys = Keys {
                 token: found.token,

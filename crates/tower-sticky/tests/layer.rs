@@ -277,6 +277,28 @@ async fn a_cookie_outside_ascii_costs_only_itself() {
     assert_eq!(r.into_body(), home);
 }
 
+/// A stale copy of the LB cookie (left under another Path or Domain,
+/// which the browser sends first) must not hide the live one.
+#[tokio::test]
+async fn the_first_copy_of_the_lb_cookie_that_checks_out_wins() {
+    let service = Sticky::new(three());
+    for _ in 0..10 {
+        let (cookie, home) = session(&service).await;
+        let header = format!("sticky=stale-from-another-path; theme=dark; {cookie}");
+        let r = get(&service, Some(&header)).await;
+        assert_eq!(r.extensions().get::<Outcome>(), Some(&Outcome::Hit));
+        assert_eq!(sticky_cookie(&r), None);
+        assert_eq!(r.into_body(), home);
+    }
+    // Only the first four differing copies are tried: a request cannot
+    // have a signature checked for every cookie it sends.
+    let (cookie, _) = session(&service).await;
+    let header = format!("sticky=a; sticky=b; sticky=c; sticky=d; {cookie}");
+    let r = get(&service, Some(&header)).await;
+    assert_eq!(r.extensions().get::<Outcome>(), Some(&Outcome::Invalid));
+    assert!(sticky_cookie(&r).is_some(), "the bad copy is replaced");
+}
+
 #[tokio::test]
 async fn tampered_cookies_start_a_new_session() {
     let service = Sticky::new(three());
