@@ -13,7 +13,9 @@ pub enum Error {
     /// Nothing was placed: the bound backend can't serve in strict mode, or
     /// no backend is available. Answer 503.
     Rejected(Reason),
-    /// The chosen backend failed. Answer 502.
+    /// The chosen backend failed. Answer 502; or 503 when the backend's
+    /// own stack shed the request (tower's `LoadShed`), which does not
+    /// count against the backend's health.
     Backend {
         /// The backend.
         backend: BackendId,
@@ -27,9 +29,33 @@ impl Error {
     pub fn status(&self) -> http::StatusCode {
         match self {
             Error::Rejected(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            Error::Backend { source, .. } if shed(&**source) => {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Backend { .. } => http::StatusCode::BAD_GATEWAY,
         }
     }
+}
+
+/// The first error of type `T` in `error`'s source chain, `error` included:
+/// layers and a backend's own error type may wrap what the layer looks for.
+pub(crate) fn in_chain<'e, T: std::error::Error + 'static>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Whether a backend's own stack shed the request as overloaded: the
+/// backend is busy, not broken.
+pub(crate) fn shed(error: &(dyn std::error::Error + 'static)) -> bool {
+    in_chain::<tower::load_shed::error::Overloaded>(error).is_some()
 }
 
 impl fmt::Display for Error {

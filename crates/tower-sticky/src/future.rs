@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use crate::affinity::{KeySource, Sources};
 use crate::backends::Table;
-use crate::error::{BoxError, Error, Unsent};
+use crate::error::{in_chain, shed, BoxError, Error, Unsent};
 use crate::layer::Config;
 use crate::service::{Cookies, Placement};
 
@@ -114,13 +114,19 @@ impl<S> Ctx<S> {
             .map(|b| self.table.snapshot.member(b).id())
     }
 
-    /// Feeds a failure to passive health; a refused connection takes the
-    /// backend out at once (a lazily connecting client, such as a tonic
-    /// `Channel`, reports it only after taking the request).
-    fn record_failure(&self, refused: bool) {
+    /// Feeds a backend's error to passive health; a refused connection
+    /// takes the backend out at once (a lazily connecting client, such as
+    /// a tonic `Channel`, reports it only after taking the request). A
+    /// request its stack shed as overloaded does not count: the backend is
+    /// busy, not broken, and taking it out would pile its load on the
+    /// others.
+    fn record_failure(&self, error: &(dyn std::error::Error + 'static)) {
+        if shed(error) {
+            return;
+        }
         if let Some(in_flight) = &self.in_flight {
             let policy = &self.table.snapshot.config().health;
-            if refused {
+            if connection_refused(error) {
                 in_flight.stats().record_refused(policy, self.now);
             } else {
                 in_flight.stats().record_failure(policy, self.now);
@@ -129,7 +135,7 @@ impl<S> Ctx<S> {
     }
 
     fn backend_error(&mut self, source: BoxError) -> Error {
-        self.record_failure(connection_refused(&*source));
+        self.record_failure(&*source);
         self.in_flight = None;
         let backend = self.backend_id().cloned().unwrap_or_else(|| "?".into());
         tracing::debug!(backend = %backend, source = self.source().as_str(), error = %source, "sticky backend failed");
@@ -146,7 +152,7 @@ impl<S> Ctx<S> {
         if self.retried || failed.is_none() {
             return Err(self.backend_error(source));
         }
-        self.record_failure(connection_refused(&*source));
+        self.record_failure(&*source);
         self.retried = true;
         let keys = Keys {
             issue_token: self.issue_tokens,
@@ -249,32 +255,8 @@ impl<S> Ctx<S> {
 
 /// Whether a refused connection is anywhere in an error's source chain.
 fn connection_refused(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
-/// An [`Unsent`] request anywhere in an error's source chain, so that
-/// errors wrapped by other layers (or by a backend's own error type) still
-/// give the request back.
-fn find_unsent<'e, B: 'static>(
-    error: &'e (dyn std::error::Error + 'static),
-) -> Option<&'e Unsent<B>> {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(unsent) = e.downcast_ref::<Unsent<B>>() {
-            return Some(unsent);
-        }
-        current = e.source();
-    }
-    None
+    in_chain::<std::io::Error>(error)
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
 /// Marks a response that carries a cookie as private, unless it already is
@@ -364,7 +346,7 @@ where
                     }
                     Err(error) => {
                         let error: BoxError = error.into();
-                        let unsent = find_unsent::<ReqBody>(&*error).and_then(Unsent::take);
+                        let unsent = in_chain::<Unsent<ReqBody>>(&*error).and_then(Unsent::take);
                         let next = match unsent {
                             Some(request) => this.ctx.retry(error).map(|s| (s, request)),
                             None => Err(this.ctx.backend_error(error)),

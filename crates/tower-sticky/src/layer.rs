@@ -147,6 +147,12 @@ impl StickyLayer {
     /// Whether tokens go out as `Set-Cookie` (default on). Turn it off for
     /// clients that only use the [token header](Self::token_header), such
     /// as gRPC.
+    ///
+    /// A backend's own `Set-Cookie` is passed on untouched, also one for
+    /// the load-balancer cookie's name: an application may end a session's
+    /// affinity by expiring that cookie (`Max-Age=0`). Name the cookie
+    /// (in the [`TokenConfig`](sticky_core::token::TokenConfig)) so that no
+    /// application uses the name for anything else.
     pub fn send_cookie(self, send: bool) -> Self {
         self.edit(|c| c.send_cookie = send)
     }

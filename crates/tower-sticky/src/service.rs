@@ -38,9 +38,14 @@ pub struct Placement {
 /// then `call`) inside the response future, so a backend that is slow to
 /// become ready delays only its own requests. Backpressure belongs in each
 /// backend's own stack (concurrency limit, load shed, timeout); its errors,
-/// and 502/503/504 answers, feed passive health.
+/// and 502/503/504 answers, feed passive health, except a request shed as
+/// overloaded (tower's `LoadShed`), which answers 503 and leaves the
+/// backend in service.
 ///
-/// The response future is `Send` when the backend and its future are. One
+/// `Sticky` and its response future are `Send` when the backend service is
+/// `Send + Sync` and its future is `Send`: the backend set is shared
+/// between them. A backend that is not `Sync` (`BoxCloneService`, say) can
+/// be made so with `BoxCloneSyncService` or a `Buffer`. One
 /// caveat from the compiler, not the layer: if a backend's error type is a
 /// bare `Box<dyn Error + Send + Sync>`, rustc cannot always prove an
 /// `async` block holding the call is `Send` ("implementation of `From` is

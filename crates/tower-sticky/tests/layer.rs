@@ -907,6 +907,55 @@ async fn a_lone_backend_that_refuses_connections_is_a_backend_failure() {
     );
 }
 
+/// Load shedding in a backend's own stack, where the layer's docs put it:
+/// a shed request is the backend being busy, so it answers 503 and does
+/// not take the backend out of service (which would pile its load on the
+/// others).
+#[tokio::test]
+async fn a_request_shed_by_a_busy_backend_is_503_and_not_a_health_failure() {
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = Arc::clone(&release);
+    let busy = ServiceBuilder::new()
+        .load_shed()
+        .concurrency_limit(1)
+        .service(service_fn(move |_r: Request<String>| {
+            let (entered, gate) = (entered_tx.clone(), Arc::clone(&gate));
+            async move {
+                let _ = entered.send(());
+                gate.acquire().await.unwrap().forget();
+                Ok::<_, BoxError>(Response::new("busy".to_string()))
+            }
+        }));
+    let health = HealthPolicy {
+        failure_threshold: 1,
+        cooldown: std::time::Duration::from_secs(3600),
+    };
+    let backends = Backends::new(
+        config_with(&[SECRET]).health(health),
+        [(BackendSpec::new("busy"), Svc::new(busy))],
+    )
+    .unwrap();
+    let service = Sticky::new(backends.clone());
+
+    let meanwhile = async {
+        entered.recv().await.unwrap();
+        // The one slot is taken: this request is shed.
+        let error = service
+            .clone()
+            .oneshot(Request::get("/").body(String::new()).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE, "{error}");
+        let state = backends.status()[0].state;
+        assert_eq!(state, sticky_core::BackendState::Active);
+        release.add_permits(2);
+    };
+    let (first, ()) = tokio::join!(get(&service, None), meanwhile);
+    assert_eq!(first.into_body(), "busy");
+    assert_eq!(get(&service, None).await.into_body(), "busy");
+}
+
 #[derive(Clone)]
 struct RefuseReady(Svc);
 
