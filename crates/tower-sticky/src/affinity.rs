@@ -23,7 +23,8 @@ pub enum Affinity {
     /// name or in the `;name=<id>.<route>` path parameter. The route maps to
     /// the backend whose route name it is.
     Route(String),
-    /// A query parameter, hashed.
+    /// A query parameter, hashed: its first non-empty value, as sent (not
+    /// percent-decoded).
     Query(String),
     /// The client's IP address (see [`ClientIp`]), hashed. The peer
     /// address comes from a `SocketAddr` request extension, or with the
@@ -302,15 +303,16 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str, limits: &Limits) -> Option<&'a
         .map(|(_, v)| v)
 }
 
+/// The first non-empty value of query parameter `name`, as sent (not
+/// percent-decoded).
 fn query<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
     parts
         .uri
         .query()?
         .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(k, _)| *k == name)
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
         .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
 }
 
 /// The `;name=value` path parameter (any path segment).
@@ -519,6 +521,21 @@ mod tests {
 
     fn parts(req: Request<()>) -> Parts {
         req.into_parts().0
+    }
+
+    #[test]
+    fn a_query_key_is_the_first_non_empty_value() {
+        for (uri, key) in [
+            ("/?sid=abc", Some("abc")),
+            ("/?a=1&sid=&sid=abc", Some("abc")),
+            ("/?sid=a&sid=b", Some("a")),
+            ("/?sid&sid=", None),
+            ("/?sids=x", None),
+            ("/", None),
+        ] {
+            let parts = parts(Request::get(uri).body(()).unwrap());
+            assert_eq!(query(&parts, "sid"), key, "{uri}");
+        }
     }
 
     #[test]
