@@ -121,7 +121,7 @@ async fn forwarding_headers_host_and_hop_by_hop_headers() {
         .header("x-client-hop", "named by Connection")
         .header("keep-alive", "timeout=5")
         .header("proxy-connection", "keep-alive")
-        .header("te", "trailers")
+        .header("te", "deflate")
         .body(Full::default())
         .unwrap();
     let seen = send(&gateway, request).await;
@@ -553,4 +553,68 @@ async fn a_backend_that_cannot_be_reached_is_named_so() {
     let reply = gateway.browser().get("/").await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(reply.body, "the backend could not be reached\n");
+}
+
+/// Trailers are end to end (RFC 9110, 6.5): a backend's reach a client that
+/// takes them, and a client's reach the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_pass_through_both_ways() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen) = oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        // The request, up to the end of its chunked body and trailers.
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !request.windows(5).any(|w| w == b"\r\n0\r\n") || !request.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&request));
+            request.extend_from_slice(&buffer[..n]);
+        }
+        let _ = seen_tx.send(String::from_utf8_lossy(&request).to_lowercase());
+        let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+                       Trailer: x-checksum\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: c0ffee\r\n\r\n";
+        stream.write_all(answer).await.unwrap();
+        let _ = stream.read(&mut buffer).await;
+    });
+    let backend = Backend {
+        name: "trailers".into(),
+        addr,
+        shutdown: None,
+        task: None,
+    };
+    let gateway = Gateway::start(&[&backend], &[]).await;
+
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut client, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-sum", HeaderValue::from_static("42"));
+    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"order"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let request = Request::post("/")
+        .header(http::header::HOST, "app.test")
+        .header(http::header::TE, "trailers")
+        .header(http::header::TRAILER, "x-sum")
+        .body(StreamBody::new(tokio_stream::iter(frames)))
+        .unwrap();
+    let response = client.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap();
+    let trailers = body.trailers().cloned().expect("the backend's trailers");
+    assert_eq!(trailers["x-checksum"], "c0ffee");
+    assert_eq!(body.to_bytes(), "abc");
+
+    let seen = seen.await.unwrap();
+    assert!(seen.contains("\r\nte: trailers\r\n"), "{seen}");
+    assert!(seen.contains("\r\ntrailer: x-sum\r\n"), "{seen}");
+    assert!(seen.ends_with("\r\n0\r\nx-sum: 42\r\n\r\n"), "{seen}");
 }

@@ -422,7 +422,7 @@ impl Upstream {
         mut conn: Conn,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = response.into_parts();
-        if strip_hop_by_hop(&mut parts.headers, false) {
+        if strip_hop_by_hop(&mut parts.headers, false, false) {
             return Err(ProxyError::new(
                 "the response is in a transfer coding other than chunked",
             ));
@@ -510,15 +510,16 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers that describe one hop, never forwarded (RFC 9110 7.6.1).
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one hop, never forwarded as they came (RFC 9110
+/// 7.6.1). `Trailer`, which names the trailer fields that follow the
+/// body, is end to end and passed on with them.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
@@ -536,12 +537,13 @@ pub fn unknown_transfer_coding(headers: &HeaderMap) -> bool {
 }
 
 /// Removes hop-by-hop headers, and those the `Connection` header names.
-/// An upgrade keeps `Connection: upgrade` and `Upgrade`. A message that
+/// An upgrade keeps `Connection: upgrade` and `Upgrade`; a request whose
+/// client takes trailers (`keep_te_trailers`) keeps `TE: trailers`. A message that
 /// came with Transfer-Encoding also loses any Content-Length, which the
 /// coding overrides (RFC 9112, 6.3) and which the body, decoded, need not
 /// match. Returns whether the Transfer-Encoding named a coding other than
 /// chunked.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) -> bool {
     // One pass over the names finds the few present (often none): cheaper
     // than a lookup of each.
     let mut found = [false; HOP_BY_HOP.len()];
@@ -555,8 +557,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
             "proxy-authenticate" => 3,
             "proxy-authorization" => 4,
             "te" => 5,
-            "trailer" => 6,
-            "transfer-encoding" => 7,
+            "transfer-encoding" => 6,
             "upgrade" => {
                 upgrade = true;
                 continue;
@@ -591,16 +592,47 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
         }
     }
     let mut unknown_coding = false;
-    if found[7] {
+    if found[6] {
         unknown_coding = unknown_transfer_coding(headers);
         headers.remove(header::CONTENT_LENGTH);
     }
+    // A client that takes trailers says so for the next hop too, so that
+    // a backend sends them (hyper's, for one, only then does).
+    let te_trailers = keep_te_trailers
+        && found[5]
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            });
     for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, found)| *found) {
         headers.remove(name);
     }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if upgrade {
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    // TE is a connection option, which Connection must name (RFC 9110,
+    // 10.1.4).
+    match (keep_upgrade, te_trailers) {
+        (true, false) => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        (true, true) => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade, te"));
+        }
+        (false, true) => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("te"));
+        }
+        (false, false) => {}
+    }
+    if upgrade && !keep_upgrade {
         headers.remove(header::UPGRADE);
     }
     unknown_coding
@@ -663,7 +695,7 @@ fn prepare(request: &mut Request<Incoming>, upstream: &Inner, upgrade: bool) {
 
     let headers = request.headers_mut();
     // A body in a coding other than chunked was refused before.
-    let _ = strip_hop_by_hop(headers, upgrade);
+    let _ = strip_hop_by_hop(headers, upgrade, true);
     if from_http2 {
         join_cookies(headers);
     }
@@ -1046,7 +1078,7 @@ mod tests {
             headers.insert("x-named", HeaderValue::from_static("named by Connection"));
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             headers.insert("x-kept", HeaderValue::from_static("end to end"));
-            strip_hop_by_hop(&mut headers, keep_upgrade);
+            strip_hop_by_hop(&mut headers, keep_upgrade, false);
             let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
             left.sort_unstable();
             let expected = if keep_upgrade {
@@ -1055,6 +1087,33 @@ mod tests {
                 vec!["x-kept"]
             };
             assert_eq!(left, expected, "keep_upgrade: {keep_upgrade}");
+        }
+    }
+
+    #[test]
+    fn a_request_keeps_te_trailers_and_names_it_in_connection() {
+        for (te, kept) in [
+            ("trailers", true),
+            ("deflate;q=0.5, Trailers", true),
+            ("deflate", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::TE, HeaderValue::from_static(te));
+            headers.insert(header::TRAILER, HeaderValue::from_static("x-sum"));
+            strip_hop_by_hop(&mut headers, false, true);
+            assert_eq!(headers[header::TRAILER], "x-sum", "{te}");
+            if kept {
+                assert_eq!(headers[header::TE], "trailers", "{te}");
+                assert_eq!(headers[header::CONNECTION], "te", "{te}");
+            } else {
+                assert!(!headers.contains_key(header::TE), "{te}");
+                assert!(!headers.contains_key(header::CONNECTION), "{te}");
+            }
+            // A response's TE means nothing, and goes.
+            let mut headers = HeaderMap::new();
+            headers.insert(header::TE, HeaderValue::from_static(te));
+            strip_hop_by_hop(&mut headers, false, false);
+            assert!(headers.is_empty(), "{te}");
         }
     }
 
@@ -1069,12 +1128,16 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
             headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static(coding));
-            assert_eq!(strip_hop_by_hop(&mut headers, false), unknown, "{coding}");
+            assert_eq!(
+                strip_hop_by_hop(&mut headers, false, false),
+                unknown,
+                "{coding}"
+            );
             assert!(headers.is_empty(), "{coding}: {headers:?}");
         }
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
-        assert!(!strip_hop_by_hop(&mut headers, false));
+        assert!(!strip_hop_by_hop(&mut headers, false, false));
         assert_eq!(headers.len(), 1, "no coding: the length stays");
     }
 
