@@ -52,15 +52,9 @@ where
         while let Ok((mut stream, _)) = listener.accept().await {
             let answer = Arc::clone(&answer);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buffer[..n]),
-                    }
+                if read_head(&mut stream).await.is_some() {
+                    answer(stream).await;
                 }
-                answer(stream).await;
             });
         }
     });
@@ -70,6 +64,20 @@ where
         shutdown: None,
         task: Some(task),
     }
+}
+
+/// Reads from `stream` until the end of a request head (and perhaps
+/// past it); `None` if the stream ends first.
+pub async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+        }
+    }
+    Some(head)
 }
 
 /// The connections a [`counting_backend`] has had.
