@@ -135,6 +135,31 @@ async fn slow_and_idle_clients_are_disconnected_after_the_client_timeout() {
     gateway.assert_keeps_serving().await;
 }
 
+/// A first request head that stops part way is cut at the client timeout,
+/// as an idle connection is; not given a second timeout to close
+/// politely, which an HTTP/1.1 client without a request in progress has
+/// no part in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_first_request_head_is_cut_after_one_client_timeout() {
+    let backend = Backend::start("b1").await;
+    let gateway = Gateway::start(&[&backend], &["--client-timeout", "3"]).await;
+    let timeout = Duration::from_secs(3);
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_to_close(&mut stream).await;
+    let after = started.elapsed();
+    assert!(closed && got.is_empty(), "{got:?}");
+    assert!(after >= timeout, "cut after {after:?}, before the timeout");
+    assert!(
+        after < 2 * timeout,
+        "cut after {after:?}: twice the timeout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_connections_are_held_to_the_client_timeout_too() {
     let backend = Backend::start("b1").await;

@@ -493,14 +493,21 @@ impl ClientTimer {
 pub trait Graceful: Future<Output = Result<(), tower_sticky::BoxError>> {
     /// Starts closing politely; the future still has to be polled to its end.
     fn graceful_shutdown(self: Pin<&mut Self>);
+
+    /// Whether closing politely takes the client's part: an HTTP/2
+    /// connection's GOAWAY is answered. An HTTP/1.1 connection with no
+    /// request in progress has nothing to finish.
+    fn multiplexed(&self) -> bool;
 }
 
 /// Serves `connection` to its end under the client timeout that `timer`
 /// keeps, and closes it politely once `stop` turns true (the gateway
 /// shutting down): HTTP/1.1 once its response is out (at once when idle),
-/// HTTP/2 with a GOAWAY, once its streams are done. An idle connection is
-/// closed politely too, with one more timeout to do it; a stalled one, or
-/// one idle again while closing, is dropped. `stop` is held until the
+/// HTTP/2 with a GOAWAY, once its streams are done. An idle HTTP/2
+/// connection is closed politely too, with one more timeout to do it; an
+/// idle HTTP/1.1 one (perhaps part way through a request head, which
+/// hyper would wait on) at once, as is a stalled one, or one idle again
+/// while closing. `stop` is held until the
 /// connection ends, so that shutdown can wait for every receiver to go.
 pub async fn drive<C>(connection: C, mut timer: ClientTimer, mut stop: Receiver<bool>)
 where
@@ -520,13 +527,15 @@ where
             continue;
         }
         match std::task::ready!(timer.poll_expired(cx)) {
-            // Idle: close politely, with a further timeout to do it.
-            Expired::Idle if !closing => {
+            // Idle over HTTP/2: close politely, with a further timeout to
+            // do it.
+            Expired::Idle if !closing && connection.multiplexed() => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
                 timer.start_over();
             }
-            // Stalled, or idle again while closing politely: drop it.
+            // Idle over HTTP/1.1, stalled, or idle again while closing
+            // politely: drop it.
             Expired::Idle | Expired::Stalled => return Poll::Ready(None),
         }
     })

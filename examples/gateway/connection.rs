@@ -190,6 +190,10 @@ where
     fn graceful_shutdown(self: Pin<&mut Self>) {
         *self.project().closing = true;
     }
+
+    fn multiplexed(&self) -> bool {
+        matches!(self.state, State::Http2 { .. })
+    }
 }
 
 /// A connection whose first bytes were read to tell its protocol: they
