@@ -164,3 +164,108 @@ async fn a_stalled_admin_connection_does_not_hold_up_shutdown() {
         .unwrap();
     assert!(exit.success(), "{exit}");
 }
+
+/// A WebSocket open at SIGTERM is a request under way: it goes on until
+/// either end closes it (within the time shutdown gives requests), and
+/// the gateway exits once it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_leaves_an_open_websocket_to_finish() {
+    use tokio_tungstenite::tungstenite;
+    use tungstenite::client::IntoClientRequest;
+
+    let backend = support::Backend::start("b1").await;
+    let backend = format!("b1={}", backend.url());
+    let (mut child, listen, _admin) = spawn_gateway(&["--backend", &backend]).await;
+
+    // The blocking client (see the WebSocket test in gateway_e2e.rs) is
+    // told when to send its second message.
+    let (opened, is_open) = std::sync::mpsc::channel::<()>();
+    let (go, proceed) = std::sync::mpsc::channel::<()>();
+    let client = tokio::task::spawn_blocking(move || {
+        let request = format!("ws://{listen}/ws").into_client_request().unwrap();
+        let stream = std::net::TcpStream::connect(listen).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (mut socket, _) = tungstenite::client(request, stream).unwrap();
+        let mut echo = |text: &str| -> Result<String, tungstenite::Error> {
+            socket.send(tungstenite::Message::text(text))?;
+            loop {
+                match socket.read()? {
+                    tungstenite::Message::Text(echo) => return Ok(echo.as_str().to_owned()),
+                    tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
+                    other => panic!("unexpected message {other:?}"),
+                }
+            }
+        };
+        let before = echo("before");
+        opened.send(()).unwrap();
+        proceed.recv().unwrap();
+        let after = echo("after");
+        let _ = socket.close(None);
+        (before, after)
+    });
+    tokio::task::spawn_blocking(move || is_open.recv())
+        .await
+        .unwrap()
+        .expect("the WebSocket opened");
+
+    terminate(&child);
+    wait_until("the listener to close", || async move {
+        TcpStream::connect(listen).await.is_err()
+    })
+    .await;
+    go.send(()).unwrap();
+    let (before, after) = client.await.unwrap();
+    assert!(before.unwrap().contains("before"));
+    let after = after.expect("the tunnel outlives the signal");
+    assert!(after.contains("after"), "{after}");
+
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the gateway exits once the WebSocket is closed")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}
+
+/// A second signal (a second Ctrl-C) stops the gateway without waiting for
+/// requests under way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once() {
+    let arrived = Arc::new(Notify::new());
+    let app = {
+        let arrived = Arc::clone(&arrived);
+        Router::new().route(
+            "/never",
+            get(move || async move {
+                arrived.notify_one();
+                std::future::pending::<()>().await;
+            }),
+        )
+    };
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(backend, app).await.unwrap() });
+    let backend = format!("never=http://{backend_addr}");
+    let (mut child, listen, _admin) = spawn_gateway(&["--backend", &backend]).await;
+
+    let mut client = TcpStream::connect(listen).await.unwrap();
+    client
+        .write_all(b"GET /never HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    arrived.notified().await;
+    terminate(&child);
+    wait_until("the listener to close", || async move {
+        TcpStream::connect(listen).await.is_err()
+    })
+    .await;
+    // The first signal waits for the request, for up to 30 s; the second
+    // does not.
+    terminate(&child);
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the gateway stops at the second signal")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}

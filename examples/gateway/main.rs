@@ -223,14 +223,17 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
             () = &mut shutdown => break,
         }
     }
+    // A second signal, as from a second Ctrl-C, stops without waiting.
+    let again = shutdown_signal();
     drop(listener);
-    eprintln!("shutting down: finishing requests under way");
+    eprintln!("shutting down: finishing requests under way (a second signal stops at once)");
     tokio::select! {
         _ = async {
             stop.send_replace(true);
             stop.closed().await;
         } => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => eprintln!("gave up waiting after {DRAIN_TIMEOUT:?}"),
+        () = again => eprintln!("second signal: stopping without waiting"),
     }
     // Closing the queues stops the workers.
     drop(queues);
@@ -314,11 +317,17 @@ async fn serve(
         let sticky = sticky.clone();
         let activity = client::Activity::new();
         let requests = std::sync::Arc::clone(&activity);
+        let drain = stop.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let (started, upload) = requests.start(&request);
             request.extensions_mut().insert(peer);
             if let Some(upload) = upload {
                 request.extensions_mut().insert(upload);
+            }
+            if request.headers().contains_key(http::header::UPGRADE) {
+                request
+                    .extensions_mut()
+                    .insert(proxy::Drain::new(drain.clone()));
             }
             let call = match refusal(&request) {
                 None => Ok(sticky.clone().oneshot(request)),
@@ -577,23 +586,31 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves at SIGINT or SIGTERM received after this call: the handlers
+/// are in place when it returns, not when the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let wait = |signal: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {}
+                () = wait(terminate) => {}
             }
-            Err(_) => std::future::pending().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

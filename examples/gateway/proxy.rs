@@ -54,6 +54,21 @@ use tower_sticky::{BoxError, Unsent};
 use crate::client::Uploading;
 use crate::stall::{Stall, Watched};
 
+/// Carried by an upgrade request: the gateway's shutdown waits for it to
+/// be dropped, so that a tunnel (a WebSocket) it is held by may finish in
+/// the time given to requests under way, rather than be cut at once.
+#[derive(Clone)]
+pub struct Drain {
+    _held: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Drain {
+    /// Holds `stop`, the receiver the gateway's shutdown waits on.
+    pub fn new(stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        Drain { _held: stop }
+    }
+}
+
 /// Why a backend did not answer. A concrete type (not a bare `BoxError`)
 /// keeps the whole proxy future provably `Send`; an unsent request stays
 /// reachable as its `source()`, for the layer's retry.
@@ -341,6 +356,7 @@ impl Upstream {
         let upgrade = is_upgrade(request.headers());
         prepare(&mut request, &self.inner, upgrade);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let drain = request.extensions_mut().remove::<Drain>();
         let (mut request, mut handed_over) = Outgoing::wrap(request);
 
         // A pooled connection may have closed; if so the request comes back
@@ -393,6 +409,9 @@ impl Upstream {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
                 tokio::spawn(async move {
+                    // Held while the tunnel is open, so that shutdown waits
+                    // for it as for a request under way.
+                    let _drain = drain;
                     match tokio::try_join!(client_upgrade, upstream_upgrade) {
                         Ok((client, upstream)) => {
                             let (mut client, mut upstream) =
