@@ -155,7 +155,7 @@ impl BackendStats {
         let streak = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if policy.failure_threshold != 0 && streak >= policy.failure_threshold {
             self.down_until_ms
-                .store(millis(now + policy.cooldown), Relaxed);
+                .store(millis(now.saturating_add(policy.cooldown)), Relaxed);
             self.probe_at_ms.store(0, Relaxed);
         }
     }
@@ -169,7 +169,7 @@ impl BackendStats {
             self.consecutive_failures
                 .store(policy.failure_threshold, Relaxed);
             self.down_until_ms
-                .store(millis(now + policy.cooldown), Relaxed);
+                .store(millis(now.saturating_add(policy.cooldown)), Relaxed);
             self.probe_at_ms.store(0, Relaxed);
         }
     }
@@ -208,6 +208,20 @@ impl BackendStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_cooldown_rests_a_backend_without_overflow() {
+        let policy = HealthPolicy {
+            failure_threshold: 1,
+            cooldown: Duration::MAX,
+        };
+        let stats = BackendStats::default();
+        let now = Duration::from_secs(1_000);
+        stats.record_failure(&policy, now);
+        assert!(!stats.admit(&policy, now + Duration::from_secs(86_400)));
+        stats.record_refused(&policy, now);
+        assert!(stats.is_down(now));
+    }
 
     fn policy() -> HealthPolicy {
         HealthPolicy {

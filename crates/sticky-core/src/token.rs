@@ -409,20 +409,22 @@ impl TokenCodec {
         let last_seen = field(18);
         let now_s = u64::from(secs(now));
         let skew = self.config.clock_skew.as_secs();
-        if u64::from(issued) > now_s + skew
-            || u64::from(last_seen) > now_s + skew
-            || last_seen < issued
-        {
+        let latest = now_s.saturating_add(skew);
+        if u64::from(issued) > latest || u64::from(last_seen) > latest || last_seen < issued {
             return Err(TokenError::FutureDated);
         }
         if let Some(max) = self.config.max_lifetime {
-            if now_s > u64::from(issued) + max.as_secs() + skew {
+            if now_s
+                > u64::from(issued)
+                    .saturating_add(max.as_secs())
+                    .saturating_add(skew)
+            {
                 return Err(TokenError::Expired);
             }
         }
         let idle_for = now_s.saturating_sub(u64::from(last_seen));
         if let Some(idle) = self.config.idle_timeout {
-            if idle_for > idle.as_secs() + skew {
+            if idle_for > idle.as_secs().saturating_add(skew) {
                 return Err(TokenError::Idle);
             }
         }
@@ -444,7 +446,7 @@ impl TokenCodec {
         let remaining = self
             .config
             .max_lifetime
-            .map(|max| (issued + max).saturating_sub(now));
+            .map(|max| issued.saturating_add(max).saturating_sub(now));
         match (remaining, self.config.idle_timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

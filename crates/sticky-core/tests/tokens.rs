@@ -197,6 +197,23 @@ fn a_session_active_within_half_its_idle_timeout_is_kept() {
     }
 }
 
+/// "Forever" given as the largest duration is taken as such, without an
+/// overflow anywhere.
+#[test]
+fn the_largest_lifetimes_mean_forever() {
+    let c = codec_with(
+        &[NEW],
+        TokenConfig::new("sticky")
+            .max_lifetime(Duration::MAX)
+            .idle_timeout(Duration::MAX)
+            .clock_skew(Duration::MAX),
+    );
+    let text = c.seal(1, 1, NOW, NOW);
+    let later = NOW + Duration::from_secs(10 * 365 * 86_400);
+    assert!(c.open(&text, later).is_ok());
+    assert!(c.max_age(NOW, later).unwrap() > Duration::from_secs(1 << 40));
+}
+
 #[test]
 fn key_rotation() {
     let old = codec_with(&[OLD], TokenConfig::new("sticky"));
