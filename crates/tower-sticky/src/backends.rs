@@ -221,9 +221,15 @@ impl<S: Clone> Backends<S> {
         self.change(name, |b| b.state = BackendState::Disabled)
     }
 
-    /// Returns a drained, disabled or unhealthy-marked backend to service.
+    /// Returns a drained, disabled or unhealthy-marked backend to service:
+    /// an operator's word that it is back also ends any rest passive
+    /// health gave it.
     pub fn enable(&self, name: &str) -> Result<(), ConfigError> {
-        self.change(name, |b| b.state = BackendState::Active)
+        self.change(name, |b| b.state = BackendState::Active)?;
+        if let Some(member) = self.snapshot().member_by_name(name) {
+            member.stats().record_success();
+        }
+        Ok(())
     }
 
     /// Sets a backend's state directly (an active health checker marks

@@ -1020,6 +1020,16 @@ async fn failing_statuses_take_a_backend_out_and_its_sessions_fail_over() {
     assert_eq!(status[0].state, sticky_core::BackendState::Unhealthy);
     assert_eq!(status[0].counters.failures, 3);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // An operator's enable ends the rest at once: the session goes back.
+    backends.enable("broken").unwrap();
+    assert_eq!(
+        backends.status()[0].state,
+        sticky_core::BackendState::Active
+    );
+    let r = get(&service, Some(&cookie)).await;
+    assert_eq!(r.extensions().get::<Outcome>(), Some(&Outcome::Hit));
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test]
