@@ -25,11 +25,31 @@ fn bad_flags_exit_2_naming_the_flag() {
         std::env::temp_dir().join(format!("gateway-cli-short-secret-{}", std::process::id()));
     std::fs::write(&secret, "short\n").unwrap();
     let secret = secret.to_string_lossy().into_owned();
-    let cases: [(&[&str], &str); 16] = [
+    let cases: [(&[&str], &str); 19] = [
         (&["--no-such-flag"], "--no-such-flag"),
         (&["--listen", "nowhere"], "--listen"),
         (&["--backend", "b1"], "--backend"),
         (&["--backend", "b1=ftp://x:21"], "--backend"),
+        (&["--backend", "b1=http://user:pw@127.0.0.1:9"], "--backend"),
+        // "Forever" as the largest number: a year at most.
+        (
+            &[
+                "--backend",
+                "b1=http://127.0.0.1:9",
+                "--client-timeout",
+                "9223372036854775807",
+            ],
+            "--client-timeout",
+        ),
+        (
+            &[
+                "--backend",
+                "b1=http://127.0.0.1:9",
+                "--max-age",
+                "18446744073709551615",
+            ],
+            "--max-age",
+        ),
         (
             &[
                 "--backend",

@@ -333,12 +333,19 @@ fn parse_weight(text: &str) -> Result<u32, ApiError> {
         })
 }
 
+/// The longest backend name `POST /backends` takes: a longer one could not
+/// be named in the path of the calls that change or remove it.
+const MAX_NAME_BYTES: usize = 255;
+
 /// `POST /backends`. The body is read as JSON whatever its content type,
 /// so a plain `curl -d` works too.
 async fn add(
     State(admin): State<Admin>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<BackendJson>), ApiError> {
+    // A body over axum's limit (2 MB) is an error like every other.
+    let body =
+        body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
     let new: NewBackend = serde_json::from_slice(&body).map_err(|error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -348,6 +355,12 @@ async fn add(
             ),
         )
     })?;
+    if new.name.len() > MAX_NAME_BYTES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("a backend name is at most {MAX_NAME_BYTES} bytes"),
+        ));
+    }
     if new.weight > MAX_WEIGHT {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -819,11 +832,21 @@ mod tests {
             r#"{"name": "b3", "url": "https://127.0.0.1:11"}"#,
             r#"{"name": "b3", "url": "127.0.0.1 11"}"#,
             r#"{"name": "", "url": "http://127.0.0.1:11"}"#,
+            r#"{"name": "b3", "url": "http://user:pw@127.0.0.1:11"}"#,
+            &format!(
+                r#"{{"name": "{}", "url": "http://127.0.0.1:11"}}"#,
+                "b".repeat(256)
+            ),
         ] {
             let (status, error) = json_call(&admin, Method::POST, "/backends", body).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {error}");
             assert!(error["error"].is_string());
         }
+        // Too large to read: still an error in JSON.
+        let huge = format!(r#"{{"name": "b3", "url": "{}"}}"#, "x".repeat(3 << 20));
+        let (status, error) = json_call(&admin, Method::POST, "/backends", &huge).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{error}");
+        assert!(error["error"].is_string());
         let (_, list) = json_call(&admin, Method::GET, "/backends", "").await;
         assert_eq!(names(&list), ["b1", "b2"]);
     }

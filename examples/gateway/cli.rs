@@ -230,20 +230,26 @@ impl Args {
                 );
             }
         }
-        if self.max_age == Some(0) {
-            fail("--max-age", "must be at least 1 second");
-        }
-        if self.idle_timeout == Some(0) {
-            fail("--idle-timeout", "must be at least 1 second");
-        }
-        if self.client_timeout == 0 {
-            fail("--client-timeout", "must be at least 1 second");
-        }
-        if self.backend_timeout == 0 {
-            fail("--backend-timeout", "must be at least 1 second");
-        }
-        if self.backend_idle_timeout == 0 {
-            fail("--backend-idle-timeout", "must be at least 1 second");
+        let seconds = [
+            ("--max-age", self.max_age),
+            ("--idle-timeout", self.idle_timeout),
+            ("--client-timeout", Some(self.client_timeout)),
+            ("--backend-timeout", Some(self.backend_timeout)),
+            ("--backend-idle-timeout", Some(self.backend_idle_timeout)),
+        ];
+        for (flag, value) in seconds {
+            match value {
+                Some(0) => fail(flag, "must be at least 1 second"),
+                Some(secs) if secs > MAX_SECONDS => fail(
+                    flag,
+                    format!("must be at most {MAX_SECONDS} seconds (a year)"),
+                ),
+                _ => {}
+            }
         }
     }
 }
+
+/// The longest time any flag in seconds takes: a year, which is "never"
+/// for a timeout or a session, and far from the clock's limits.
+const MAX_SECONDS: u64 = 365 * 24 * 60 * 60;

@@ -239,6 +239,13 @@ impl Upstream {
             .authority()
             .cloned()
             .ok_or_else(|| format!("{url:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            // The gateway sends no credentials of its own, and they would
+            // show in the admin API and the metrics.
+            return Err(format!(
+                "{url:?}: give the backend as http://host:port, without a user name or password"
+            ));
+        }
         let authority = if authority.port().is_some() {
             authority
         } else {
