@@ -379,7 +379,12 @@ async fn tampered_cookies_are_new_sessions_not_errors() {
 async fn replicas_with_one_secret_agree() {
     let servers = backends(&["b1", "b2", "b3"]).await;
     let all: Vec<&Backend> = servers.iter().collect();
-    let (a, b) = tokio::join!(Gateway::start(&all, &[]), Gateway::start(&all, &[]));
+    // B reads the same secret from a file with a comment and a blank line.
+    let file = std::env::temp_dir().join(format!("gateway-e2e-keys-{}", std::process::id()));
+    std::fs::write(&file, format!("# keys, newest first\n\n{SECRET}\n")).unwrap();
+    let file = file.to_string_lossy().into_owned();
+    let from_file = ["--secret-file", &file];
+    let (a, b) = tokio::join!(Gateway::start(&all, &[]), Gateway::start(&all, &from_file));
 
     // A cookie issued by A takes its session to the same backend through B.
     for i in 0..20 {

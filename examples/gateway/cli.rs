@@ -66,7 +66,8 @@ pub struct Args {
     pub idle_timeout: Option<u64>,
 
     /// File of secrets, one per line, newest first: the first signs
-    /// cookies, all verify them. Without it, the STICKY_SECRET environment
+    /// cookies, all verify them. Blank lines and lines starting with `#`
+    /// are skipped. Without it, the STICKY_SECRET environment
     /// variable; without either, a random key (replicas will not agree).
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,

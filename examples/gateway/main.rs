@@ -557,10 +557,11 @@ fn key_ring(args: &Args) -> KeyRing {
     if let Some(path) = &args.secret_file {
         let text = std::fs::read_to_string(path)
             .unwrap_or_else(|e| fail("--secret-file", format!("{}: {e}", path.display())));
+        // Blank lines and `#` comments are not keys.
         let secrets: Vec<&str> = text
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty())
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .collect();
         return KeyRing::new(secrets)
             .unwrap_or_else(|e| fail("--secret-file", format!("{}: {e}", path.display())));
