@@ -385,6 +385,7 @@ async fn replicas_with_one_secret_agree() {
     let file = file.to_string_lossy().into_owned();
     let from_file = ["--secret-file", &file];
     let (a, b) = tokio::join!(Gateway::start(&all, &[]), Gateway::start(&all, &from_file));
+    let _ = std::fs::remove_file(&file);
 
     // A cookie issued by A takes its session to the same backend through B.
     for i in 0..20 {
