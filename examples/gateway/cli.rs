@@ -44,7 +44,9 @@ pub struct Args {
     pub group_weights: Vec<(String, u32)>,
 
     /// Where affinity comes from, tried in order (first present wins; a
-    /// cookie that does not check out counts as absent):
+    /// cookie that does not check out, or a route naming no backend,
+    /// counts as absent, and a valid cookie listed after a route wins over
+    /// it):
     /// `cookie` (the signed load-balancer cookie), `header:NAME`,
     /// `app-cookie:NAME`, `route:NAME` (Tomcat `<id>.<route>` suffix in
     /// cookie NAME or the `;NAME=` path parameter), `query:NAME`, `ip`.

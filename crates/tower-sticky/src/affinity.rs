@@ -1,5 +1,6 @@
 //! Where affinity keys come from: an ordered chain of sources read from
-//! the request's parts; the first source present wins.
+//! the request's parts; the first source present wins (a route, which may
+//! name no backend, leaves the walk to go on).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

@@ -126,7 +126,10 @@ impl StickyLayer {
     /// Sets the affinity chain, tried in order; the first source present
     /// wins. A cookie that does not check out counts as absent: the next
     /// source present places the request, and the cookie is replaced.
-    /// Include [`Affinity::Cookie`] to issue cookies.
+    /// A route does not end the walk, as it may name no backend: then the
+    /// next source places the request; and a valid cookie later in the
+    /// chain wins over a route. Include [`Affinity::Cookie`] to read and
+    /// issue cookies.
     pub fn affinity(self, chain: impl IntoIterator<Item = Affinity>) -> Self {
         let chain = chain.into_iter().collect();
         self.edit(|c| c.chain = chain)

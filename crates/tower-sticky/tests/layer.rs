@@ -643,6 +643,41 @@ async fn route_suffixes_in_cookie_and_path_reach_their_backend() {
     );
 }
 
+/// Sources are tried in the chain's order, the cookie too: a header
+/// listed before it places the request even when a valid cookie comes
+/// with it; listed after it, only when there is no valid cookie.
+#[tokio::test]
+async fn the_cookie_and_a_header_are_tried_in_the_chains_order() {
+    let x_user = || Affinity::Header(HeaderName::from_static("x-user"));
+    for cookie_first in [true, false] {
+        let chain = if cookie_first {
+            [Affinity::Cookie, x_user()]
+        } else {
+            [x_user(), Affinity::Cookie]
+        };
+        let service = layer_service(StickyLayer::new().affinity(chain), three());
+        for i in 0..6 {
+            let (cookie, home) = session(&service).await;
+            let both = Request::get("/")
+                .header("x-user", format!("u{i}"))
+                .header(COOKIE, &cookie)
+                .body(String::new())
+                .unwrap();
+            let r = send(&service, both).await;
+            let placement = r.extensions().get::<Placement>().unwrap().clone();
+            let expected = if cookie_first {
+                tower_sticky::KeySource::Cookie
+            } else {
+                tower_sticky::KeySource::Header
+            };
+            assert_eq!(placement.source, expected, "cookie first: {cookie_first}");
+            if cookie_first {
+                assert_eq!(r.into_body(), home);
+            }
+        }
+    }
+}
+
 /// A route naming no backend (its node was removed) leaves the next key in
 /// the chain to place the session, so that it stays together.
 #[tokio::test]
