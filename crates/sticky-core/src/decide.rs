@@ -277,6 +277,12 @@ impl Snapshot {
         now: Duration,
     ) -> Decision {
         let reason = Reason::Unhealthy;
+        // The placement that failed counted a session or a hit that did
+        // not happen there.
+        if previous.backend == Some(failed) {
+            let failover = matches!(previous.outcome, Outcome::Failover(_));
+            self.stats[failed].uncount(previous.bound, failover);
+        }
         if previous.bound && self.config.failover == crate::FailoverPolicy::Strict {
             return Decision::rejected(reason);
         }

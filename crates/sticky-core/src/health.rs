@@ -137,6 +137,24 @@ impl BackendStats {
         self.new_sessions.fetch_add(1, Relaxed);
     }
 
+    /// Takes back what a placement counted (a hit, a failover or a new
+    /// session) when its request never reached the backend and went
+    /// elsewhere. Never below zero, should the counters have been
+    /// replaced in between.
+    pub(crate) fn uncount(&self, hit: bool, failover: bool) {
+        let take_back = |counter: &AtomicU64| {
+            let _ = counter.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        };
+        if hit {
+            take_back(&self.hits);
+            return;
+        }
+        if failover {
+            take_back(&self.failovers);
+        }
+        take_back(&self.new_sessions);
+    }
+
     /// Records a successful request: resets the failure streak and restores
     /// an unhealthy backend.
     pub fn record_success(&self) {

@@ -387,6 +387,20 @@ fn retry_after_a_connect_error_moves_to_another_backend() {
     assert_eq!(again.outcome, Outcome::Failover(Reason::Unhealthy));
     assert_ne!(again.backend, Some(failed));
     assert!(again.token.is_some());
+    // The session started where the retry put it, not where it failed.
+    let counters = |m: usize| snapshot.member(m).counters();
+    assert_eq!(counters(failed).new_sessions, 0);
+    let moved = counters(again.backend.unwrap());
+    assert_eq!((moved.new_sessions, moved.failovers), (1, 1));
+
+    // A bound session's hit is taken back the same way.
+    let (token, _) = session(&pool);
+    let token_keys = Keys::new().token(&token).issue_token();
+    let bound = snapshot.decide(&token_keys, NOW);
+    let home = bound.backend.unwrap();
+    let hits = counters(home).hits;
+    snapshot.retry(&bound, home, &token_keys, NOW);
+    assert_eq!(counters(home).hits, hits - 1);
 
     let strict = Pool::new(
         config().failover(FailoverPolicy::Strict),
