@@ -142,8 +142,9 @@ async fn slow_and_idle_clients_are_disconnected_after_the_client_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_sent_first_request_head_is_cut_after_one_client_timeout() {
     let backend = Backend::start("b1").await;
-    let gateway = Gateway::start(&[&backend], &["--client-timeout", "3"]).await;
-    let timeout = Duration::from_secs(3);
+    // Long enough that twice it is far from a slow machine's delays.
+    let gateway = Gateway::start(&[&backend], &["--client-timeout", "5"]).await;
+    let timeout = Duration::from_secs(5);
     let started = Instant::now();
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
     stream
