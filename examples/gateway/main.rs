@@ -458,9 +458,6 @@ fn refusal(request: &Request<Incoming>) -> Option<(http::StatusCode, &'static st
     ))
 }
 
-/// 503 for a session that may not move (strict mode) or no backend at
-/// all; 504 for a backend that did not answer in time; 502 for a backend
-/// that failed.
 /// Whether a backend's error is for a request that never reached it.
 fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
     matches!(
@@ -501,6 +498,9 @@ fn is_host(value: &[u8]) -> bool {
     })
 }
 
+/// 503 for a session that may not move (strict mode) or no backend at
+/// all; 504 for a backend that did not answer in time; 502 for a backend
+/// that failed.
 fn error_response(error: Error) -> http::Response<proxy::Body> {
     let (status, message) = match &error {
         Error::Rejected(_) => (error.status(), "no backend can serve this session"),
