@@ -64,6 +64,26 @@ fn terminate(child: &Child) {
     assert!(status.success());
 }
 
+/// Sends SIGTERM to `child` and waits until it has stopped listening on
+/// `listen`: the signal has been taken.
+async fn terminate_and_wait_for_the_listener(child: &Child, listen: SocketAddr) {
+    terminate(child);
+    wait_until("the listener to close", || async move {
+        TcpStream::connect(listen).await.is_err()
+    })
+    .await;
+}
+
+/// Waits up to 10 s for `child` to exit, and checks it exited cleanly;
+/// `when` says what it should have exited after.
+async fn exits_cleanly(child: &mut Child, when: &str) {
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the gateway exits {when}"))
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_under_way() {
     // A backend that holds its answer until released.
@@ -108,11 +128,7 @@ async fn sigterm_finishes_requests_under_way() {
     arrived.notified().await;
 
     // ...when SIGTERM comes.
-    terminate(&child);
-    wait_until("the listener to close", || async move {
-        TcpStream::connect(listen).await.is_err()
-    })
-    .await;
+    terminate_and_wait_for_the_listener(&child, listen).await;
 
     release.notify_one();
     let mut answer = String::new();
@@ -135,11 +151,7 @@ async fn sigterm_finishes_requests_under_way() {
         .unwrap();
     assert!(http2_ended.is_ok(), "{http2_ended:?}");
 
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the gateway exits once idle")
-        .unwrap();
-    assert!(exit.success(), "{exit}");
+    exits_cleanly(&mut child, "once idle").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,11 +170,7 @@ async fn a_stalled_admin_connection_does_not_hold_up_shutdown() {
     // The stalled one is cut after the client timeout, like any client's,
     // and then the gateway is done.
     terminate(&child);
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the gateway exits within the client timeout")
-        .unwrap();
-    assert!(exit.success(), "{exit}");
+    exits_cleanly(&mut child, "within the client timeout").await;
 }
 
 /// A WebSocket open at SIGTERM is a request under way: it goes on until
@@ -210,22 +218,14 @@ async fn sigterm_leaves_an_open_websocket_to_finish() {
         .unwrap()
         .expect("the WebSocket opened");
 
-    terminate(&child);
-    wait_until("the listener to close", || async move {
-        TcpStream::connect(listen).await.is_err()
-    })
-    .await;
+    terminate_and_wait_for_the_listener(&child, listen).await;
     go.send(()).unwrap();
     let (before, after) = client.await.unwrap();
     assert!(before.unwrap().contains("before"));
     let after = after.expect("the tunnel outlives the signal");
     assert!(after.contains("after"), "{after}");
 
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the gateway exits once the WebSocket is closed")
-        .unwrap();
-    assert!(exit.success(), "{exit}");
+    exits_cleanly(&mut child, "once the WebSocket is closed").await;
 }
 
 /// A second signal (a second Ctrl-C) stops the gateway without waiting for
@@ -255,17 +255,9 @@ async fn a_second_signal_stops_at_once() {
         .await
         .unwrap();
     arrived.notified().await;
-    terminate(&child);
-    wait_until("the listener to close", || async move {
-        TcpStream::connect(listen).await.is_err()
-    })
-    .await;
+    terminate_and_wait_for_the_listener(&child, listen).await;
     // The first signal waits for the request, for up to 30 s; the second
     // does not.
     terminate(&child);
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the gateway stops at the second signal")
-        .unwrap();
-    assert!(exit.success(), "{exit}");
+    exits_cleanly(&mut child, "at the second signal").await;
 }
