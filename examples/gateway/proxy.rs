@@ -363,7 +363,9 @@ impl Upstream {
         let upgrade = is_upgrade(request.headers());
         prepare(&mut request, &self.inner, upgrade);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-        let drain = request.extensions_mut().remove::<Drain>();
+        let drain = upgrade
+            .then(|| request.extensions_mut().remove::<Drain>())
+            .flatten();
         let (mut request, mut handed_over) = Outgoing::wrap(request);
 
         // A pooled connection may have closed; if so the request comes back
