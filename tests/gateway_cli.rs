@@ -25,7 +25,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         std::env::temp_dir().join(format!("gateway-cli-short-secret-{}", std::process::id()));
     std::fs::write(&secret, "short\n").unwrap();
     let secret = secret.to_string_lossy().into_owned();
-    let cases: [(&[&str], &str); 19] = [
+    let cases: [(&[&str], &str); 20] = [
         (&["--no-such-flag"], "--no-such-flag"),
         (&["--listen", "nowhere"], "--listen"),
         (&["--backend", "b1"], "--backend"),
@@ -73,6 +73,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         ),
         (&["--affinity", "header"], "--affinity"),
         (&["--affinity", "carrier-pigeon"], "--affinity"),
+        (&["--affinity", "query:a b"], "--affinity"),
         (&["--failover", "sometimes"], "--failover"),
         (
             &[

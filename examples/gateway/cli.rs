@@ -160,6 +160,21 @@ fn name_weight(s: &str) -> Result<(String, u32), String> {
     }
 }
 
+/// A query parameter's name as it stands in a query string: keys are
+/// matched as sent, so a name with a space, `&`, `=` or `#` could never
+/// match.
+fn query_name(s: &str) -> Result<String, String> {
+    if s.bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'&' | b'=' | b'#'))
+    {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} cannot be a query parameter's name as sent (no spaces, &, = or #)"
+        ))
+    }
+}
+
 fn header_name(s: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("{s:?} is not a header name"))
 }
@@ -190,7 +205,7 @@ fn affinity(s: &str) -> Result<Affinity, String> {
         "header" => Ok(Affinity::Header(header_name(named("header name")?)?)),
         "app-cookie" => Ok(Affinity::AppCookie(cookie_name(named("cookie name")?)?)),
         "route" => Ok(Affinity::Route(cookie_name(named("cookie name")?)?)),
-        "query" => Ok(Affinity::Query(named("parameter name")?.to_owned())),
+        "query" => Ok(Affinity::Query(query_name(named("parameter name")?)?)),
         _ => Err(format!(
             "{s:?} is not a source; use cookie, header:NAME, app-cookie:NAME, route:NAME, query:NAME or ip"
         )),

@@ -160,6 +160,10 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     println!("gateway listening on http://{address}");
     println!("admin and status page on http://{admin_address}");
     for (name, url) in &backends_given {
+        // As the admin API shows it: with its port, :80 if none was given.
+        let url = backends
+            .service(name)
+            .map_or_else(|| url.clone(), |upstream| upstream.url().to_owned());
         println!("  backend {name} at {url}");
     }
     if args.backends.is_empty() {
