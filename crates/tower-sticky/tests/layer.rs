@@ -678,15 +678,20 @@ async fn the_cookie_and_a_header_are_tried_in_the_chains_order() {
     }
 }
 
+/// Three Tomcat-style nodes, each answering to the route of its name.
+fn tomcat_nodes() -> Backends<Svc> {
+    Backends::new(
+        config_with(&[SECRET]),
+        ["node1", "node2", "node3"].map(|n| (BackendSpec::new(n).route(n), named(n))),
+    )
+    .unwrap()
+}
+
 /// A route naming no backend (its node was removed) leaves the next key in
 /// the chain to place the session, so that it stays together.
 #[tokio::test]
 async fn an_unknown_route_leaves_the_next_key_to_place_the_request() {
-    let backends = Backends::new(
-        config_with(&[SECRET]),
-        ["node1", "node2", "node3"].map(|n| (BackendSpec::new(n).route(n), named(n))),
-    )
-    .unwrap();
+    let backends = tomcat_nodes();
     let service = layer_service(
         StickyLayer::new().affinity([
             Affinity::Route("JSESSIONID".into()),
@@ -723,11 +728,7 @@ async fn an_unknown_route_leaves_the_next_key_to_place_the_request() {
 /// cookie is replaced with one for that node.
 #[tokio::test]
 async fn a_bad_cookie_leaves_the_route_to_place_the_request() {
-    let backends = Backends::new(
-        config_with(&[SECRET]),
-        ["node1", "node2", "node3"].map(|n| (BackendSpec::new(n).route(n), named(n))),
-    )
-    .unwrap();
+    let backends = tomcat_nodes();
     let service = layer_service(
         StickyLayer::new().affinity([Affinity::Cookie, Affinity::Route("JSESSIONID".into())]),
         backends,
