@@ -46,7 +46,8 @@ pub struct Args {
     /// Where affinity comes from, tried in order (first present wins; a
     /// cookie that does not check out, or a route naming no backend,
     /// counts as absent, and a valid cookie listed after a route wins over
-    /// it):
+    /// it; a key listed before `cookie` places its session by itself, and a
+    /// session moved off a failed backend returns to it when it is back):
     /// `cookie` (the signed load-balancer cookie), `header:NAME`,
     /// `app-cookie:NAME`, `route:NAME` (Tomcat `<id>.<route>` suffix in
     /// cookie NAME or the `;NAME=` path parameter), `query:NAME`, `ip`.

@@ -1,6 +1,6 @@
 //! Where affinity keys come from: an ordered chain of sources read from
 //! the request's parts; the first source present wins (a route, which may
-//! name no backend, leaves the walk to go on).
+//! name no backend, leaves the walk to go on, and a hash key ends it).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -191,6 +191,11 @@ pub(crate) struct Found<'a> {
     pub(crate) route: Option<&'a str>,
     pub(crate) hash: Option<HashKey<'a>>,
     pub(crate) sources: Sources,
+    /// Whether the walk reached [`Affinity::Cookie`], so that a token
+    /// handed out now would be read on the session's next request. A hash
+    /// key found before it ends the walk: the key keeps placing the
+    /// session, and a token would never be read.
+    pub(crate) reads_token: bool,
 }
 
 /// Where a request's token and its other key came from.
@@ -455,6 +460,7 @@ pub(crate) fn find<'a>(
     for source in chain {
         match source {
             Affinity::Cookie => {
+                found.reads_token = true;
                 if found.token.is_none() {
                     let from_header = token_header
                         .and_then(|h| parts.headers.get(h))

@@ -130,6 +130,14 @@ impl StickyLayer {
     /// next source places the request; and a valid cookie later in the
     /// chain wins over a route. Include [`Affinity::Cookie`] to read and
     /// issue cookies.
+    ///
+    /// A hash key (header, app cookie, query, client IP) found before the
+    /// cookie ends the walk: the key alone places its session. When the
+    /// key's backend cannot serve, the session moves while it must and
+    /// comes back with its key once the backend can (as consistent hashing
+    /// does), and it is sent no token, which would never be read. With the
+    /// cookie listed first, a session that moves is sent a token, and while
+    /// it sends that back the token keeps it where it moved.
     pub fn affinity(self, chain: impl IntoIterator<Item = Affinity>) -> Self {
         let chain = chain.into_iter().collect();
         self.edit(|c| c.chain = chain)

@@ -9,7 +9,7 @@ use http::{HeaderMap, Request, Response};
 use sticky_core::{BackendId, Keys, Outcome};
 use tower_service::Service;
 
-use crate::affinity::{self, Affinity, KeySource};
+use crate::affinity::{self, KeySource};
 use crate::backends::{wall_clock, Backends};
 use crate::error::{BoxError, Error, ErrorsAsResponses};
 use crate::future::ResponseFuture;
@@ -99,7 +99,6 @@ pub struct Sticky<S> {
     config: Arc<Config>,
     /// The LB cookie, then its CORS twin.
     cookies: Arc<Cookies>,
-    issue_tokens: bool,
 }
 
 impl<S> Clone for Sticky<S> {
@@ -108,7 +107,6 @@ impl<S> Clone for Sticky<S> {
             backends: self.backends.clone(),
             config: Arc::clone(&self.config),
             cookies: Arc::clone(&self.cookies),
-            issue_tokens: self.issue_tokens,
         }
     }
 }
@@ -142,12 +140,10 @@ impl<S> Sticky<S> {
         let attributes = (0..names.len())
             .map(|i| config.cookie.rendered(i > 0))
             .collect();
-        let issue_tokens = config.chain.contains(&Affinity::Cookie);
         Self {
             backends,
             config,
             cookies: Arc::new(Cookies { names, attributes }),
-            issue_tokens,
         }
     }
 
@@ -192,7 +188,7 @@ where
         let now = wall_clock();
         let (mut parts, body) = request.into_parts();
         let config = &self.config;
-        let (decision, sources) = {
+        let (decision, sources, issue_tokens) = {
             let found = affinity::find(
                 &parts,
                 &config.chain,
@@ -206,9 +202,13 @@ where
                 token: found.token,
                 route: found.route,
                 hash: found.hash.as_ref().map(|h| h.bytes()),
-                issue_token: self.issue_tokens,
+                issue_token: found.reads_token,
             };
-            (table.snapshot.decide(&keys, now), found.sources)
+            (
+                table.snapshot.decide(&keys, now),
+                found.sources,
+                found.reads_token,
+            )
         };
         if config.strip_cookie {
             strip_cookies(&mut parts.headers, &self.cookies.names);
@@ -220,7 +220,7 @@ where
             Request::from_parts(parts, body),
             Arc::clone(&self.config),
             Arc::clone(&self.cookies),
-            self.issue_tokens,
+            issue_tokens,
             now,
         )
     }

@@ -678,6 +678,59 @@ async fn the_cookie_and_a_header_are_tried_in_the_chains_order() {
     }
 }
 
+/// A keyed session that fails over gets a token only where the chain
+/// reads it back: with the cookie before the header, the token keeps the
+/// session where it moved once its own backend is back; with the header
+/// first, no token is sent (it would never be read) and the key takes the
+/// session home.
+#[tokio::test]
+async fn a_keyed_session_that_fails_over_gets_a_token_only_if_it_is_read() {
+    let x_user = || Affinity::Header(HeaderName::from_static("x-user"));
+    let token = HeaderName::from_static("x-sticky-token");
+    for cookie_first in [true, false] {
+        let chain = if cookie_first {
+            [Affinity::Cookie, x_user()]
+        } else {
+            [x_user(), Affinity::Cookie]
+        };
+        let backends = three();
+        let layer = StickyLayer::new()
+            .affinity(chain)
+            .token_header(token.clone());
+        let service = layer_service(layer, backends.clone());
+        let request = |cookie: Option<&str>| {
+            let mut r = Request::get("/").header("x-user", "u1");
+            if let Some(cookie) = cookie {
+                r = r.header(COOKIE, cookie);
+            }
+            r.body(String::new()).unwrap()
+        };
+        let home = send(&service, request(None)).await.into_body();
+        backends.disable(&home).unwrap();
+        let moved = send(&service, request(None)).await;
+        let placement = moved.extensions().get::<Placement>().unwrap().clone();
+        assert_eq!(placement.outcome, Outcome::Failover(Reason::Disabled));
+        assert_eq!(
+            sticky_cookie(&moved).is_some(),
+            cookie_first,
+            "cookie first: {cookie_first}"
+        );
+        assert_eq!(moved.headers().contains_key(&token), cookie_first);
+        let cookie = sticky_cookie(&moved);
+        let away = moved.into_body();
+        assert_ne!(away, home);
+
+        backends.enable(&home).unwrap();
+        let next = send(&service, request(cookie.as_deref())).await;
+        let expected = if cookie_first { &away } else { &home };
+        assert_eq!(
+            next.extensions().get::<Placement>().unwrap().outcome,
+            Outcome::Hit
+        );
+        assert_eq!(next.into_body(), *expected, "cookie first: {cookie_first}");
+    }
+}
+
 /// Three Tomcat-style nodes, each answering to the route of its name.
 fn tomcat_nodes() -> Backends<Svc> {
     Backends::new(
