@@ -176,14 +176,23 @@ impl<S: Clone> Backends<S> {
     pub fn upsert(&self, name: impl Into<BackendId>, service: S) -> Result<(), ConfigError> {
         let name = name.into();
         let mut services = self.services();
-        let known = services.insert(name.clone(), service).is_some();
-        self.publish(&services, |m| {
+        let previous = services.insert(name.clone(), service);
+        let known = previous.is_some();
+        let result = self.publish(&services, |m| {
             if known {
                 Ok(())
             } else {
-                m.add(BackendSpec::new(name))
+                m.add(BackendSpec::new(name.clone()))
             }
-        })
+        });
+        if result.is_err() {
+            // The pool refused it: leave the services as they were.
+            match previous {
+                Some(previous) => services.insert(name, previous),
+                None => services.remove(&name),
+            };
+        }
+        result
     }
 
     /// Removes a backend: its sessions fail over (or are rejected in strict

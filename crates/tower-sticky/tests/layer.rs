@@ -1121,6 +1121,48 @@ async fn failing_statuses_take_a_backend_out_and_its_sessions_fail_over() {
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 }
 
+/// A backend the pool refuses leaves nothing behind: its name can be
+/// added properly afterwards, and an `upsert` that reports success has
+/// added the backend.
+#[tokio::test]
+async fn a_refused_upsert_leaves_the_name_free() {
+    use sticky_core::ConfigError;
+    let backends = Backends::new(
+        config_with(&[SECRET]),
+        [(
+            BackendSpec::new("tomcat-a").route("node2"),
+            named("tomcat-a"),
+        )],
+    )
+    .unwrap();
+    assert!(matches!(
+        backends.upsert("node2", named("node2")),
+        Err(ConfigError::DuplicateRoute { .. })
+    ));
+    assert!(matches!(
+        backends.upsert("", named("node2")),
+        Err(ConfigError::EmptyName)
+    ));
+    assert!(matches!(
+        backends.add(BackendSpec::new(""), named("node2")),
+        Err(ConfigError::EmptyName)
+    ));
+    assert!(matches!(
+        backends.remove("node2"),
+        Err(ConfigError::Unknown(_))
+    ));
+    backends.remove("tomcat-a").unwrap();
+    backends.upsert("node2", named("node2")).unwrap();
+    let names: Vec<String> = backends
+        .status()
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(names, ["node2"]);
+    let service = Sticky::new(backends);
+    assert_eq!(get(&service, None).await.into_body(), "node2");
+}
+
 #[tokio::test]
 async fn discover_stream_drives_membership() {
     use tower::discover::Change;
