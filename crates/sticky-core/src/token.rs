@@ -354,7 +354,9 @@ impl TokenCodec {
 
     /// Seals a token for a backend tag and group tag (under the signing
     /// key, see [`KeyRing::backend_tag`]), issued at `issued`, last seen at
-    /// `now`.
+    /// `now`. A `now` before `issued` (a replica whose clock is behind the
+    /// one that issued the token) counts as `issued`, so that the token
+    /// opens on every replica.
     pub fn seal(
         &self,
         backend_tag: u64,
@@ -368,7 +370,7 @@ impl TokenCodec {
         raw[2..10].copy_from_slice(&backend_tag.to_be_bytes());
         raw[10..14].copy_from_slice(&group_tag.to_be_bytes());
         raw[14..18].copy_from_slice(&secs(issued).to_be_bytes());
-        raw[18..22].copy_from_slice(&secs(now).to_be_bytes());
+        raw[18..22].copy_from_slice(&secs(now).max(secs(issued)).to_be_bytes());
         let tag = self.mac(0, &raw[..SIGNED_LEN]).finalize().into_bytes();
         raw[SIGNED_LEN..].copy_from_slice(&tag[..MAC_LEN]);
         URL_SAFE_NO_PAD.encode(raw)
@@ -446,7 +448,7 @@ impl TokenCodec {
         let remaining = self
             .config
             .max_lifetime
-            .map(|max| issued.saturating_add(max).saturating_sub(now));
+            .map(|max| issued.saturating_add(max).saturating_sub(now.max(issued)));
         match (remaining, self.config.idle_timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -239,6 +239,28 @@ fn key_rotation() {
     ));
 }
 
+/// A replica whose clock is behind (within the skew allowance) re-seals a
+/// token issued "later" by another: the new token opens on both.
+#[test]
+fn a_token_refreshed_by_a_replica_behind_opens_everywhere() {
+    let behind = NOW - Duration::from_secs(5);
+    let old = codec_with(&[OLD], TokenConfig::new("sticky"));
+    let rotated = codec_with(&[NEW, OLD], TokenConfig::new("sticky"));
+    let first = old.seal(9, 3, NOW, NOW);
+    let opened = rotated.open(&first, behind).unwrap();
+    assert!(opened.refresh_due, "signed by the old key");
+    let issued = Duration::from_secs(u64::from(opened.issued));
+    let refreshed = rotated.seal(9, 3, issued, behind);
+    for now in [behind, NOW, NOW + Duration::from_secs(5)] {
+        let t = rotated.open(&refreshed, now).unwrap();
+        assert_eq!(
+            (t.backend_tag, t.group_tag, t.issued),
+            (9, 3, opened.issued)
+        );
+        assert!(t.last_seen >= t.issued);
+    }
+}
+
 #[test]
 fn key_ring_rejects_weak_input_and_hides_secrets() {
     assert_eq!(
