@@ -514,12 +514,17 @@ impl Snapshot {
         }
         let bound = self.config.new_session_bound;
         let fits = |m: u32| bound.is_none_or(|c| self.fits(m, c));
-        let n = group.next.fetch_add(1, Relaxed);
-        for k in 0..len.min(8) {
-            let m = group.schedule.at(n.wrapping_add(k));
+        // An entry that cannot take the session is used up, and the next
+        // one drawn, as if the member were not in the schedule: the others
+        // share its sessions by weight. (Taking the following entries
+        // instead would give all of them to the member after it.)
+        let mut n = group.next.fetch_add(1, Relaxed);
+        for _ in 0..len.min(8) {
+            let m = group.schedule.at(n);
             if fits(m) && self.scheduled_ok(m, now, exclude) {
                 return Some(m);
             }
+            n = group.next.fetch_add(1, Relaxed);
         }
         // Rare: the next entries are all out or over the bound. Scan.
         let count = group.members.len();

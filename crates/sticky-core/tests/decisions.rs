@@ -166,6 +166,56 @@ fn passive_health_fails_over_then_probes_back() {
     );
 }
 
+/// While passive health rests a backend, the others share its new
+/// sessions by their weights: none of them takes the whole of it.
+#[test]
+fn an_unhealthy_backends_new_sessions_are_shared_by_weight() {
+    let health = HealthPolicy {
+        failure_threshold: 1,
+        cooldown: Duration::from_secs(60),
+    };
+    for weights in [&[1, 1, 1, 1][..], &[1, 2, 1, 3, 1, 1, 1, 2][..]] {
+        let pool = Pool::new(config().health(health), membership(weights)).unwrap();
+        let down = ["b1", "b4"];
+        for name in down
+            .iter()
+            .filter(|n| pool.load().member_by_name(n).is_some())
+        {
+            let snapshot = pool.load();
+            snapshot
+                .member_by_name(name)
+                .unwrap()
+                .stats()
+                .record_failure(&health, NOW);
+        }
+        let mut counts = vec![0u32; weights.len()];
+        let rounds = 1000;
+        let total_w: u32 = weights.iter().sum();
+        for _ in 0..rounds * total_w {
+            let d = pool.load().decide(&Keys::new(), NOW);
+            counts[d.backend.unwrap()] += 1;
+        }
+        let up_w: u32 = (0..weights.len())
+            .filter(|i| !down.contains(&format!("b{i}").as_str()))
+            .map(|i| weights[i])
+            .sum();
+        let placed: u32 = counts.iter().sum();
+        for (i, &w) in weights.iter().enumerate() {
+            let name = format!("b{i}");
+            let got = f64::from(counts[i]) / f64::from(placed);
+            if down.contains(&name.as_str()) {
+                assert_eq!(counts[i], 0, "{name} rests: {counts:?}");
+            } else {
+                let want = f64::from(w) / f64::from(up_w);
+                assert!(
+                    (got - want).abs() < 0.01,
+                    "{name}: {got:.3} for {want:.3}, {counts:?}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn hash_keys_stick_and_fail_over_to_their_next_candidate() {
     let pool = pool(&[1, 1, 1, 1]);
