@@ -18,11 +18,12 @@ pub struct CookieAttributes {
     pub path: String,
     /// `Domain` (default none: host-only).
     pub domain: Option<String>,
-    /// `Secure` (default off; turn on behind TLS).
+    /// `Secure` (default off; turn on behind TLS). Always on with
+    /// `SameSite=None`, which browsers refuse without it.
     pub secure: bool,
     /// `HttpOnly` (default on: scripts never see the token).
     pub http_only: bool,
-    /// `SameSite` (default `Lax`).
+    /// `SameSite` (default `Lax`); `None` brings `Secure` with it.
     pub same_site: SameSite,
     /// `Partitioned` (CHIPS; default off).
     pub partitioned: bool,
@@ -51,11 +52,12 @@ impl CookieAttributes {
     /// a CORS `twin` is `Secure` and `SameSite=None`. `Max-Age` varies per
     /// token and is not included.
     pub(crate) fn rendered(&self, twin: bool) -> String {
+        let same_site = if twin { SameSite::None } else { self.same_site };
         let mut cookie = cookie::Cookie::build(("n", "v"))
             .path(self.path.as_str())
             .http_only(self.http_only)
-            .secure(self.secure || twin)
-            .same_site(if twin { SameSite::None } else { self.same_site })
+            .secure(self.secure || same_site == SameSite::None)
+            .same_site(same_site)
             .partitioned(self.partitioned);
         if let Some(domain) = &self.domain {
             cookie = cookie.domain(domain.as_str());

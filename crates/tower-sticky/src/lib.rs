@@ -118,5 +118,9 @@ pub use future::ResponseFuture;
 pub use layer::{CookieAttributes, StickyLayer};
 pub use service::{Placement, Sticky};
 
+/// The `SameSite` attribute's values, for [`CookieAttributes::same_site`]
+/// (from the `cookie` crate).
+#[doc(no_inline)]
+pub use cookie::SameSite;
 #[doc(no_inline)]
 pub use sticky_core;

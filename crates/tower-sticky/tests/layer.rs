@@ -169,6 +169,18 @@ async fn cookie_attributes_default_to_safe_values_and_are_configurable() {
     for _ in 0..5 {
         assert_eq!(get(&service, Some(&twin)).await.into_body(), home);
     }
+
+    // Browsers drop a `SameSite=None` cookie that is not `Secure`.
+    let layer = StickyLayer::new().cookie_attributes(CookieAttributes {
+        same_site: tower_sticky::SameSite::None,
+        ..CookieAttributes::default()
+    });
+    let r = get(&layer_service(layer, three()), None).await;
+    let set = r.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(
+        set.contains("SameSite=None") && set.contains("Secure"),
+        "{set}"
+    );
 }
 
 fn layer_service(layer: StickyLayer, backends: Backends<Svc>) -> Sticky<Svc> {
