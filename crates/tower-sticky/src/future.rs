@@ -230,10 +230,15 @@ impl<S> Ctx<S> {
         if !self.issue_tokens || !config.send_cookie {
             return;
         }
+        let cookies = &*self.cookies;
+        if sets_any(headers, &cookies.names) {
+            // The backend set (or expired) the cookie itself: its word is
+            // the last, not overridden by a refresh in the same response.
+            return;
+        }
         let codec = &self.table.snapshot.config().tokens;
         let issued = self.decision.token_issued().unwrap_or(self.now);
         let max_age = codec.max_age(issued, self.now);
-        let cookies = &*self.cookies;
         for (name, attributes) in cookies.names.iter().zip(&cookies.attributes) {
             let mut value = String::with_capacity(name.len() + token.len() + attributes.len() + 24);
             value.push_str(name);
@@ -251,6 +256,15 @@ impl<S> Ctx<S> {
             make_private(headers);
         }
     }
+}
+
+/// Whether `headers` set a cookie under any of `names`.
+fn sets_any(headers: &http::HeaderMap, names: &[String]) -> bool {
+    headers.get_all(SET_COOKIE).iter().any(|value| {
+        let value = value.as_bytes();
+        let name = value.split(|&b| b == b'=').next().unwrap_or(value);
+        names.iter().any(|n| n.as_bytes() == name.trim_ascii())
+    })
 }
 
 /// Whether a refused connection is anywhere in an error's source chain.

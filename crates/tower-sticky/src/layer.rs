@@ -163,9 +163,14 @@ impl StickyLayer {
     ///
     /// A backend's own `Set-Cookie` is passed on untouched, also one for
     /// the load-balancer cookie's name: an application may end a session's
-    /// affinity by expiring that cookie (`Max-Age=0`). Name the cookie
-    /// (in the [`TokenConfig`](sticky_core::token::TokenConfig)) so that no
-    /// application uses the name for anything else.
+    /// affinity by expiring that cookie (`Max-Age=0`), and its CORS twin
+    /// if it has one. The layer then sets no cookie of its own in that
+    /// response. Name the cookie (in the
+    /// [`TokenConfig`](sticky_core::token::TokenConfig)) so that no
+    /// application uses the name for anything else, and give each `Sticky`
+    /// that serves the same site its own name (or its own `Path`): a
+    /// token from another one names no backend here, so each would move
+    /// the other's sessions.
     pub fn send_cookie(self, send: bool) -> Self {
         self.edit(|c| c.send_cookie = send)
     }

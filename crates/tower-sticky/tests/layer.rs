@@ -183,6 +183,42 @@ async fn cookie_attributes_default_to_safe_values_and_are_configurable() {
     );
 }
 
+/// An application that expires the LB cookie has the last word, even in a
+/// response where the layer would have refreshed it.
+#[tokio::test]
+async fn an_application_that_expires_the_cookie_is_not_overridden() {
+    const OLD: &str = "the secret before the rotation...";
+    let (cookie, _) = session(&Sticky::new(backends_of(
+        config_with(&[OLD]),
+        &["b1", "b2"],
+    )))
+    .await;
+    let logout = Svc::new(service_fn(|_req: Request<String>| async {
+        let mut r = Response::new("logged out".to_string());
+        r.headers_mut()
+            .append(SET_COOKIE, "sticky=; Path=/; Max-Age=0".parse().unwrap());
+        Ok::<_, BoxError>(r)
+    }));
+    let rotated = Backends::new(
+        config_with(&[SECRET, OLD]),
+        ["b1", "b2"].map(|n| (BackendSpec::new(n), logout.clone())),
+    )
+    .unwrap();
+    let r = get(&Sticky::new(rotated), Some(&cookie)).await;
+    assert_eq!(
+        r.extensions().get::<Outcome>(),
+        Some(&Outcome::Refreshed),
+        "a token of the old key is re-signed"
+    );
+    let all: Vec<&str> = r
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(all, ["sticky=; Path=/; Max-Age=0"]);
+}
+
 fn layer_service(layer: StickyLayer, backends: Backends<Svc>) -> Sticky<Svc> {
     ServiceBuilder::new().layer(layer).service(backends)
 }
