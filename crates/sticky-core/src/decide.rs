@@ -218,7 +218,9 @@ enum Bound<'t> {
     /// A known route; with the outcome of a token that did not open, if
     /// the request also carried one.
     Route(Option<Outcome>),
-    Hash(u64),
+    /// A hash key's owner; with the outcome of a token or route that did
+    /// not check out, if the request also carried one.
+    Hash(u64, Option<Outcome>),
 }
 
 impl Bound<'_> {
@@ -226,7 +228,7 @@ impl Bound<'_> {
         match self {
             Bound::Token(_) => KeyKind::Token,
             Bound::Route(_) => KeyKind::Route,
-            Bound::Hash(_) => KeyKind::Hash,
+            Bound::Hash(..) => KeyKind::Hash,
         }
     }
 }
@@ -254,15 +256,14 @@ impl Snapshot {
                 None => spoiled = spoiled.or(Some(Outcome::Invalid)),
             }
         }
-        if let Some(outcome) = spoiled {
-            return self.fresh(outcome, None, hash, keys, now, None);
-        }
         if let Some(h) = hash {
+            // The key's owner keeps it, a bad token or route beside it
+            // notwithstanding (a draining owner too).
             if let Some(m) = self.keyed_owner(h) {
-                return self.bound(m, Bound::Hash(h), keys, hash, now);
+                return self.bound(m, Bound::Hash(h, spoiled), keys, hash, now);
             }
         }
-        self.fresh(Outcome::New, None, hash, keys, now, None)
+        self.fresh(spoiled.unwrap_or(Outcome::New), None, hash, keys, now, None)
     }
 
     /// Places a request again after its backend `failed` before anything
@@ -331,7 +332,7 @@ impl Snapshot {
             };
             return self.failover(reason, Some(member.group), hash, keys, now, Some(m));
         }
-        if let (Bound::Hash(h), Some(c)) = (&how, self.config.keyed_bound) {
+        if let (Bound::Hash(h, _), Some(c)) = (&how, self.config.keyed_bound) {
             if !self.fits(m, c) {
                 // Consistent hashing with bounded loads: pass the key on,
                 // for this request only. No token, which would keep the
@@ -353,12 +354,13 @@ impl Snapshot {
                 Outcome::Refreshed,
                 Some(Duration::from_secs(u64::from(t.issued))),
             ),
-            // The route places the request; the bad token is replaced.
-            Bound::Route(Some(spoiled)) => (spoiled, Some(now)),
+            // The route or key places the request; the bad token is
+            // replaced.
+            Bound::Route(Some(spoiled)) | Bound::Hash(_, Some(spoiled)) => (spoiled, Some(now)),
             // A route or hash key is affinity enough: no token, so that
             // clients which send their own key on every call are not sent
             // one on every answer.
-            Bound::Token(_) | Bound::Route(None) | Bound::Hash(_) => (Outcome::Hit, None),
+            Bound::Token(_) | Bound::Route(None) | Bound::Hash(_, None) => (Outcome::Hit, None),
         };
         member.stats().count_hit();
         let issued = issued.filter(|_| keys.issue_token);

@@ -216,6 +216,32 @@ fn an_unhealthy_backends_new_sessions_are_shared_by_weight() {
     }
 }
 
+/// A token or route that does not check out leaves the hash key to place
+/// the request, on its owner, as the key alone would: also a draining
+/// owner, which keeps its keyed sessions.
+#[test]
+fn a_bad_token_or_route_leaves_a_keys_session_on_its_owner() {
+    let pool = pool(&[1, 1, 1, 1]);
+    let keys = keys(200, 5);
+    let home = |k: &[u8]| pool.load().decide(&Keys::new().hash(k), NOW).backend;
+    let homes: Vec<_> = keys.iter().map(|k| home(k)).collect();
+    pool.set_state("b1", BackendState::Draining).unwrap();
+    let snapshot = pool.load();
+    let mut on_b1 = 0;
+    for (k, &home) in keys.iter().zip(&homes) {
+        on_b1 += usize::from(name(&pool, home) == "b1");
+        let forged = snapshot.decide(&Keys::new().issue_token().token("forged").hash(k), NOW);
+        assert_eq!((forged.outcome, forged.backend), (Outcome::Invalid, home));
+        assert!(forged.token.is_some(), "the bad token is replaced");
+        let route = snapshot.decide(&Keys::new().route("nowhere").hash(k), NOW);
+        assert_eq!((route.outcome, route.backend), (Outcome::Invalid, home));
+    }
+    assert!(
+        on_b1 > 20,
+        "some keys live on the draining backend: {on_b1}"
+    );
+}
+
 #[test]
 fn hash_keys_stick_and_fail_over_to_their_next_candidate() {
     let pool = pool(&[1, 1, 1, 1]);

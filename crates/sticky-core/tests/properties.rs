@@ -86,7 +86,7 @@ proptest! {
 
     /// Whatever the states, a session that is placed anew (no key, expired,
     /// invalid, failed over) only ever lands on an active backend with a
-    /// weight.
+    /// weight, unless its hash key binds it to its owner.
     #[test]
     fn new_sessions_only_land_on_active_backends(
         states in prop::collection::vec(0u8..4, 2..12),
@@ -122,7 +122,17 @@ proptest! {
                 keys = keys.hash(&probe_keys[i]);
             }
             let d = snapshot.decide(&keys, NOW);
+            // Where the hash key alone binds the session, if it does.
+            let owner = hashed
+                .then(|| snapshot.decide(&Keys::new().hash(&probe_keys[i]), NOW))
+                .filter(|alone| alone.outcome == Outcome::Hit)
+                .and_then(|alone| alone.backend);
             match d.outcome {
+                // A bad token leaves the key to place the session: on its
+                // owner, which keeps keyed sessions while draining too.
+                Outcome::Expired | Outcome::Invalid if owner.is_some() => {
+                    prop_assert_eq!(d.backend, owner);
+                }
                 Outcome::New | Outcome::Expired | Outcome::Invalid | Outcome::Failover(_) => {
                     let m = snapshot.member(d.backend.unwrap());
                     prop_assert_eq!(m.spec().state, BackendState::Active);
