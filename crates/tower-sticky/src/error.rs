@@ -13,9 +13,10 @@ pub enum Error {
     /// Nothing was placed: the bound backend can't serve in strict mode, or
     /// no backend is available. Answer 503.
     Rejected(Reason),
-    /// The chosen backend failed. Answer 502; or 503 when the backend's
-    /// own stack shed the request (tower's `LoadShed`), which does not
-    /// count against the backend's health.
+    /// The chosen backend failed. Answer 502; 504 when the backend's own
+    /// stack timed the request out (tower's `Timeout`); or 503 when it shed
+    /// the request (tower's `LoadShed`), which does not count against the
+    /// backend's health.
     Backend {
         /// The backend.
         backend: BackendId,
@@ -31,6 +32,9 @@ impl Error {
             Error::Rejected(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             Error::Backend { source, .. } if shed(&**source) => {
                 http::StatusCode::SERVICE_UNAVAILABLE
+            }
+            Error::Backend { source, .. } if timed_out(&**source) => {
+                http::StatusCode::GATEWAY_TIMEOUT
             }
             Error::Backend { .. } => http::StatusCode::BAD_GATEWAY,
         }
@@ -50,6 +54,14 @@ pub(crate) fn in_chain<'e, T: std::error::Error + 'static>(
         current = e.source();
     }
     None
+}
+
+/// Whether a backend's own stack gave up waiting for the backend (tower's
+/// `Timeout`, or an I/O timeout).
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    in_chain::<tower::timeout::error::Elapsed>(error).is_some()
+        || in_chain::<std::io::Error>(error)
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// Whether a backend's own stack shed the request as overloaded: the
@@ -140,14 +152,23 @@ where
         std::task::Poll::Ready(Ok(result.unwrap_or_else(|error| {
             let mut response = http::Response::new(B::default());
             *response.status_mut() = error.status();
+            if let Error::Rejected(reason) = error {
+                response
+                    .extensions_mut()
+                    .insert(sticky_core::Outcome::Rejected(reason));
+            }
             response
         })))
     }
 }
 
 /// Turns a [`Sticky`](crate::Sticky) service's errors into empty responses
-/// with their [status](Error::status) (503 rejected, 502 backend failed),
-/// for servers such as axum that take only infallible services.
+/// with their [status](Error::status) (503 rejected, 502 backend failed,
+/// 504 backend timed out), for servers such as axum that take only
+/// infallible services. A rejected request's response carries its
+/// [`Outcome`](sticky_core::Outcome) extension (`Rejected(reason)`). For a
+/// body, or a response body type without `Default` (hyper's `Incoming`),
+/// use axum's `HandleErrorLayer` with [`Error::status`] instead.
 ///
 /// Made by [`Sticky::errors_as_responses`](crate::Sticky::errors_as_responses).
 #[derive(Clone, Debug)]

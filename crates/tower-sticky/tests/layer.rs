@@ -1093,6 +1093,34 @@ async fn a_request_shed_by_a_busy_backend_is_503_and_not_a_health_failure() {
     assert_eq!(get(&service, None).await.into_body(), "busy");
 }
 
+/// A backend whose own stack times the request out answers 504; a
+/// request no backend can take answers 503 with its outcome attached.
+#[tokio::test]
+async fn a_timed_out_backend_is_504_and_a_rejection_names_its_reason() {
+    let stuck = ServiceBuilder::new()
+        .timeout(std::time::Duration::from_millis(10))
+        .service(service_fn(|_r: Request<String>| {
+            std::future::pending::<Result<Response<String>, BoxError>>()
+        }));
+    let backends = Backends::new(
+        config_with(&[SECRET]),
+        [(BackendSpec::new("stuck"), Svc::new(stuck))],
+    )
+    .unwrap();
+    let service = Sticky::new(backends.clone()).errors_as_responses();
+    let request = || Request::get("/").body(String::new()).unwrap();
+    let r = service.clone().oneshot(request()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+
+    backends.disable("stuck").unwrap();
+    let r = service.oneshot(request()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        r.extensions().get::<Outcome>(),
+        Some(&Outcome::Rejected(Reason::Unavailable))
+    );
+}
+
 #[derive(Clone)]
 struct RefuseReady(Svc);
 
