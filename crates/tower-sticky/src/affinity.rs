@@ -30,7 +30,9 @@ pub enum Affinity {
     /// The client's IP address (see [`ClientIp`]), hashed. The peer
     /// address comes from a `SocketAddr` request extension, or with the
     /// `axum` feature from axum's `ConnectInfo<SocketAddr>` (serve with
-    /// `into_make_service_with_connect_info::<SocketAddr>()`).
+    /// `into_make_service_with_connect_info::<SocketAddr>()`). A request
+    /// without one is placed by the next key, and a warning is logged the
+    /// first time.
     ClientIp,
 }
 
@@ -343,6 +345,20 @@ fn ip_key(ip: IpAddr) -> [u8; 16] {
     }
 }
 
+/// Says once per process that `Affinity::ClientIp` found no peer
+/// address, which otherwise shows only as requests placed by weight.
+fn no_peer_address() {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "Affinity::ClientIp: a request came without the peer's address, so the next \
+             key (or the weights) placed it; put a SocketAddr in the request's extensions, \
+             or with axum serve with into_make_service_with_connect_info::<SocketAddr>() \
+             and enable tower-sticky's `axum` feature"
+        );
+    }
+}
+
 /// The peer address: a `SocketAddr` extension (set by the server glue),
 /// or, with the `axum` feature, axum's `ConnectInfo<SocketAddr>`.
 fn peer(parts: &Parts) -> Option<IpAddr> {
@@ -408,6 +424,9 @@ pub(crate) fn parse_node(node: &str) -> Option<IpAddr> {
 /// The client IP under `policy`.
 pub(crate) fn client_ip(parts: &Parts, policy: &ClientIp, limits: &Limits) -> Option<IpAddr> {
     let peer = peer(parts);
+    if peer.is_none() {
+        no_peer_address();
+    }
     match policy {
         ClientIp::Peer => peer,
         ClientIp::TrustedHops(0) => peer,
@@ -605,6 +624,42 @@ mod tests {
             client_ip(&p, &nets, &limits),
             Some("1.1.1.1".parse().unwrap())
         );
+    }
+
+    /// Counts warnings.
+    struct Warnings(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl tracing::Subscriber for Warnings {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// Client-IP affinity without the peer's address says so, once,
+    /// instead of silently placing every request by weight.
+    #[test]
+    fn client_ip_affinity_without_a_peer_address_warns_once() {
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let subscriber = Warnings(std::sync::Arc::clone(&count));
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                let p = parts(Request::get("/").body(()).unwrap());
+                assert_eq!(client_ip(&p, &ClientIp::Peer, &Limits::default()), None);
+            }
+        });
+        assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[test]
