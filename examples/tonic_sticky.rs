@@ -8,7 +8,8 @@
 //!
 //! The program starts three tonic servers (`alpha`, `beta`, `gamma`) on
 //! loopback ports. Each counts the calls of every session in its own
-//! memory, keyed by the `x-session-id` metadata entry (or the sticky token)
+//! memory, keyed by the `x-session-id` metadata entry (or, for the demo's
+//! one session without an id, the sticky token)
 //! and answers `"<server> <count>"`: a call that reaches the wrong server
 //! shows up as another name, or a count that starts again at 1. The client's
 //! transport is a [`Sticky`] service over one lazily connected [`Channel`]
@@ -39,6 +40,7 @@
 //! let config = PoolConfig::new(TokenCodec::new(keys, TokenConfig::new("x-sticky-token")));
 //! let backends = Backends::new(config, channels)?;
 //! let transport = ServiceBuilder::new()
+//!     .map_err(Status::from) // tower-sticky's `tonic` feature
 //!     .layer(
 //!         StickyLayer::new()
 //!             .affinity([Affinity::Header(HeaderName::from_static("x-session-id")), Affinity::Cookie])
@@ -83,6 +85,7 @@ use tonic::server::{NamedService, ServerStreamingService, StreamingService, Unar
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{IntoRequest, IntoStreamingRequest, Request, Response, Status, Streaming};
+use tower::util::MapErr;
 use tower::ServiceBuilder;
 use tower_sticky::sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
 use tower_sticky::sticky_core::{BackendSpec, HealthPolicy, PoolConfig};
@@ -180,7 +183,11 @@ impl Shard {
 }
 
 /// The session a call belongs to, as the server sees it: `x-session-id`,
-/// else the sticky token the client sent back.
+/// else the sticky token the client sent back. The token is good enough for
+/// this demo's one session without an id, but it is no session identity:
+/// it names a server and a time to the second, so sessions that start on
+/// one server in the same second carry the same token. Real sessions that
+/// need counting need an id of their own.
 fn session_key(metadata: &MetadataMap) -> Option<String> {
     [SESSION_HEADER, TOKEN_HEADER]
         .iter()
@@ -488,14 +495,19 @@ pub fn sticky_layer() -> StickyLayer {
         .send_cookie(false)
 }
 
+/// The client's transport: the sticky stack, with its errors (no server
+/// can take the call, say) as gRPC statuses.
+pub type Transport = MapErr<Sticky<Channel>, fn(tower_sticky::Error) -> Status>;
+
 /// The sticky transport over `servers`, and the handle that changes them.
 pub fn sticky_transport(
     servers: &[RunningServer],
     health: HealthPolicy,
-) -> (Sticky<Channel>, Backends<Channel>) {
+) -> (Transport, Backends<Channel>) {
     let backends = Backends::new(pool_config(health), servers.iter().map(|s| s.backend()))
         .expect("distinct server names");
     let transport = ServiceBuilder::new()
+        .map_err(Status::from as fn(tower_sticky::Error) -> Status)
         .layer(sticky_layer())
         .service(backends.clone());
     (transport, backends)
@@ -517,10 +529,7 @@ async fn collect(mut stream: Streaming<String>) -> Result<Vec<String>, Status> {
 
 /// Unary, server-streaming and bidirectional calls of session `id`; every
 /// reply must come from one server.
-async fn session(
-    client: &mut CounterClient<Sticky<Channel>>,
-    id: &str,
-) -> Result<String, BoxError> {
+async fn session(client: &mut CounterClient<Transport>, id: &str) -> Result<String, BoxError> {
     let mut replies = Vec::new();
     let mut how = String::new();
     for _ in 0..2 {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use demo::{
     in_session, placement_of, sticky_transport, token_of, with_token, CounterClient, Reply,
-    RunningServer,
+    RunningServer, Transport,
 };
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -25,9 +25,9 @@ use tonic::transport::Channel;
 use tonic::Request;
 use tower::discover::Change;
 use tower_sticky::sticky_core::{BackendSpec, BackendState, HealthPolicy, Outcome};
-use tower_sticky::{Backends, Sticky};
+use tower_sticky::Backends;
 
-type Client = CounterClient<Sticky<Channel>>;
+type Client = CounterClient<Transport>;
 
 async fn start(names: &[&str]) -> Vec<RunningServer> {
     let mut servers = Vec::new();
@@ -247,6 +247,20 @@ async fn with_default_health_a_stopped_server_fails_calls_until_the_threshold() 
     }
 }
 
+/// A call no server can take reaches its caller as UNAVAILABLE, the code
+/// clients and retry policies treat as passing, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_no_server_can_take_is_unavailable() {
+    let (_servers, mut client, backends) = setup(HealthPolicy::default()).await;
+    visit(&mut client, "session-a").await.expect("served");
+    for status in backends.status() {
+        backends.disable(status.name.as_str()).unwrap();
+    }
+    let status = visit(&mut client, "session-a").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("no backend"), "{status:?}");
+}
+
 /// Visits every session again and returns the share that changed server,
 /// checking that every one that moved went to `added` and starts afresh.
 async fn moved_share(client: &mut Client, homes: &BTreeMap<String, String>, added: &str) -> f64 {
@@ -331,8 +345,8 @@ async fn calls_without_a_session_id_are_kept_together_by_the_token() {
         assert_eq!((&reply.server, reply.count), (&home, n));
     }
 
-    // A call keyed by x-session-id is placed by its key (it gets a token
-    // too, which this client does not send back).
+    // A call keyed by x-session-id is placed by its key, and needs no
+    // token.
     let keyed = client
         .visit(in_session("hi".to_owned(), "named"))
         .await
@@ -340,6 +354,7 @@ async fn calls_without_a_session_id_are_kept_together_by_the_token() {
     let placement = placement_of(&keyed).unwrap();
     assert_eq!(placement.source.as_str(), "header");
     assert_eq!(placement.outcome, Outcome::Hit);
+    assert_eq!(token_of(&keyed), None);
 
     // Other anonymous calls are spread over the servers.
     let mut homes = BTreeMap::new();

@@ -41,6 +41,54 @@ impl Error {
     }
 }
 
+/// With the `tonic` feature, the gRPC status for a `Sticky` transport's
+/// error, as a tonic client's caller should see it: put
+/// `.map_err(tonic::Status::from)` outside the layer.
+///
+/// - a request no server can take (strict mode, or none available):
+///   `UNAVAILABLE`, which callers and retry policies treat as passing;
+/// - a request the server's own stack shed (tower's `LoadShed`):
+///   `RESOURCE_EXHAUSTED`, as tonic answers for it;
+/// - any other failure of the chosen server: the status tonic itself
+///   makes of that server's error (`UNAVAILABLE` for a refused
+///   connection, a server's own status kept whole), `DEADLINE_EXCEEDED`
+///   for tower's `Timeout`, else `UNKNOWN` naming the server.
+///
+/// Without it, tonic reads a rejection as `UNKNOWN`.
+///
+/// ```
+/// use tonic::transport::Channel;
+/// use tower::ServiceBuilder;
+/// use tower_sticky::{Backends, StickyLayer};
+///
+/// fn transport(backends: Backends<Channel>) -> impl tonic::client::GrpcService<tonic::body::Body> {
+///     ServiceBuilder::new()
+///         .map_err(tonic::Status::from)
+///         .layer(StickyLayer::new())
+///         .service(backends)
+/// }
+/// ```
+#[cfg(feature = "tonic")]
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Rejected(_) => tonic::Status::unavailable(error.to_string()),
+            Error::Backend { backend, source } if shed(&*source) => {
+                tonic::Status::resource_exhausted(format!("backend {backend:?}: {source}"))
+            }
+            Error::Backend { backend, source } => match tonic::Status::try_from_error(source) {
+                Ok(status) => status,
+                Err(source) if timed_out(&*source) => {
+                    tonic::Status::deadline_exceeded(format!("backend {backend:?}: {source}"))
+                }
+                Err(source) => {
+                    tonic::Status::unknown(format!("backend {backend:?} failed: {source}"))
+                }
+            },
+        }
+    }
+}
+
 /// The first error of type `T` in `error`'s source chain, `error` included:
 /// layers and a backend's own error type may wrap what the layer looks for.
 pub(crate) fn in_chain<'e, T: std::error::Error + 'static>(
@@ -216,5 +264,40 @@ where
         ErrorsAsResponsesFuture {
             inner: self.inner.call(request),
         }
+    }
+}
+
+#[cfg(all(test, feature = "tonic"))]
+mod tests {
+    use super::*;
+
+    fn failed(source: impl Into<BoxError>) -> tonic::Status {
+        tonic::Status::from(Error::Backend {
+            backend: "s1".into(),
+            source: source.into(),
+        })
+    }
+
+    #[test]
+    fn errors_become_the_grpc_status_a_caller_expects() {
+        use tonic::Code;
+        let rejected = tonic::Status::from(Error::Rejected(sticky_core::Reason::Disabled));
+        assert_eq!(rejected.code(), Code::Unavailable);
+        assert_eq!(
+            failed(tower::load_shed::error::Overloaded::new()).code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            failed(tower::timeout::error::Elapsed::new()).code(),
+            Code::DeadlineExceeded
+        );
+        let own = failed(tonic::Status::permission_denied("no"));
+        assert_eq!((own.code(), own.message()), (Code::PermissionDenied, "no"));
+        let other = failed(std::io::Error::other("boom"));
+        assert_eq!(other.code(), Code::Unknown);
+        assert!(
+            other.message().contains("\"s1\"") && other.message().contains("boom"),
+            "{other:?}"
+        );
     }
 }

@@ -153,6 +153,10 @@ impl StickyLayer {
     /// Also sends the token in this response header and accepts it from the
     /// same request header: stickiness for clients without cookies (gRPC,
     /// API clients).
+    ///
+    /// A token names a backend, not a session: sessions that start on one
+    /// backend within the same second get the same token, so it is no
+    /// session id for the application.
     pub fn token_header(self, name: HeaderName) -> Self {
         self.edit(|c| c.token_header = Some(name))
     }

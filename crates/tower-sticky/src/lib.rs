@@ -82,6 +82,8 @@
 //! let backends = Backends::new(config, channels).unwrap();
 //!
 //! let token = HeaderName::from_static("x-sticky-token");
+//! // With the `tonic` feature, `.map_err(tonic::Status::from)` here hands
+//! // callers gRPC statuses for the layer's errors (see `Error`).
 //! let transport = ServiceBuilder::new()
 //!     .layer(
 //!         StickyLayer::new()
