@@ -29,12 +29,16 @@ pub struct PoolConfig {
     /// replica (see [`hash`](crate::hash)).
     pub hash_seed: u64,
     /// Keyed placement buckets keys by this many top bits of their hash
-    /// (10 to 24, default 18: 262,144 buckets, a 512 KiB table). Each
-    /// backend's share strays from its weight's by about
-    /// `1/sqrt(buckets per backend)`: a few percent up to ~1,000 backends.
-    /// Raise it for larger pools (each step doubles the table). Like the
-    /// hash seed, it must be the same on every replica and must not change
-    /// under live traffic: it decides which keys go where.
+    /// (10 to 24, default 18: 262,144 buckets, a 512 KiB table for each
+    /// group; 1 MiB past 65,536 backends). Each backend's share strays from
+    /// its weight's by about `sqrt(1/points + 1/buckets)`: its points on
+    /// the ring are 4,096 per unit of weight while the pool's weights add
+    /// up to at most 512, and a share of 2,097,152 beyond (8 bytes each),
+    /// its buckets its weight's share of the table. So about 2% for three
+    /// backends of weight 1, 7% for 1,000, and 15% for 5,000, where 20
+    /// bits bring it to 9%. Like the hash seed, it must be the same on every
+    /// replica and must not change under live traffic: it decides which
+    /// keys go where.
     pub keyed_table_bits: u8,
     /// Where the new-session schedule starts. Give each replica a random
     /// value so that replicas that start together do not send their first

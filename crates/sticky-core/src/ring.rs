@@ -1,7 +1,7 @@
 //! Keyed placement: a weighted hash ring compiled into a lookup table.
 //!
-//! Each member gets points on a 64-bit ring in proportion to its weight, at
-//! positions `stable_hash(seed, name ‖ 0 ‖ point_index)`. A key belongs to
+//! Each member gets points on a ring in proportion to its weight, at the
+//! top 32 bits of `stable_hash(seed, name ‖ 0 ‖ point_index)`. A key belongs to
 //! the first point at or after the middle of its bucket (the top bits of the
 //! key's hash), and the answer for every bucket is precomputed, so a lookup
 //! is one hash and one table read whatever the number of members.
@@ -14,13 +14,23 @@
 
 use crate::hash::stable_hash_indexed;
 
-/// Points per unit of weight, while the total allows: a member's share
-/// then strays from its weight's share by about 1/sqrt(8192) ≈ 1.1%.
-const POINTS_PER_WEIGHT: f64 = 8192.0;
-/// Total points; past this, members get proportionally fewer.
-const MAX_POINTS: f64 = (1 << 20) as f64;
+/// Points per unit of weight, while the total allows: a member of weight
+/// `w` then strays from its weight's share by about `1/sqrt(4096 w)`
+/// (1.6% for weight 1, 0.2% for weight 100). A member's points depend on
+/// its own weight only, so a change to one member moves keys only to or
+/// from it: up to a total weight of 512.
+const POINTS_PER_WEIGHT: f64 = 4096.0;
+/// Total points; past this, members get proportionally fewer, and a change
+/// that alters the total weight also moves a few keys between unchanged
+/// members (about the total's relative change).
+const MAX_POINTS: f64 = (1 << 21) as f64;
 /// Bucket resolutions a pool may choose (see `PoolConfig::keyed_table_bits`).
 pub(crate) const TABLE_BITS: std::ops::RangeInclusive<u8> = 10..=24;
+
+/// A stored point's position on the 64-bit ring.
+fn position(top: u32) -> u64 {
+    u64::from(top) << 32
+}
 
 /// A member to place on the ring.
 pub(crate) struct RingMember<'a> {
@@ -45,8 +55,11 @@ impl Default for Table {
 
 #[derive(Debug, Default)]
 pub(crate) struct Ring {
-    /// (position, member), sorted.
-    points: Box<[(u64, u32)]>,
+    /// (position, member), sorted. A position is the top half of a point's
+    /// 64-bit hash: bucket middles have nothing in the lower half (at most
+    /// 24 table bits), so comparing them with the top halves loses nothing,
+    /// and a point takes 8 bytes.
+    points: Box<[(u32, u32)]>,
     table: Table,
     shift: u32,
     members: usize,
@@ -68,7 +81,9 @@ impl Ring {
         let mut points = Vec::new();
         for m in &members {
             let n = ((f64::from(m.weight) * per_weight).round() as u32).max(1);
-            points.extend((0..n).map(|j| (stable_hash_indexed(seed, m.name, j), m.index)));
+            points.extend(
+                (0..n).map(|j| ((stable_hash_indexed(seed, m.name, j) >> 32) as u32, m.index)),
+            );
         }
         points.sort_unstable();
 
@@ -77,7 +92,7 @@ impl Ring {
         let mut p = 0;
         let owners = (0..(1u64 << bits)).map(|bucket| {
             let middle = (bucket << shift) | (1 << (shift - 1));
-            while p < points.len() && points[p].0 < middle {
+            while p < points.len() && position(points[p].0) < middle {
                 p += 1;
             }
             points[p % points.len()].1
@@ -118,7 +133,7 @@ impl Ring {
     /// [`first`](Self::first)).
     pub(crate) fn candidates(&self, hash: u64) -> Candidates<'_> {
         let middle = ((hash >> self.shift) << self.shift) | (1 << (self.shift - 1));
-        let start = self.points.partition_point(|p| p.0 < middle);
+        let start = self.points.partition_point(|p| position(p.0) < middle);
         Candidates {
             ring: self,
             next: start,

@@ -41,29 +41,31 @@ fn stable_hash_is_xxh3_64() {
 const GOLDEN_HASH_USER_42: u64 = 5836184775705692621;
 const GOLDEN_HASH_USER_42_SEED_7: u64 = 2320060606180411264;
 
+/// Owners in a five-backend fleet with weights 1, 2, 1, 3, 1: the ring's
+/// 4,096 points per unit of weight, at the top half of each point's hash.
 const GOLDEN_KEYS: [(&str, &str); 24] = [
-    ("user-0", "b4"),
+    ("user-0", "10.0.0.7:8080"),
     ("user-1", "b2"),
-    ("user-2", "b1"),
-    ("user-3", "b4"),
+    ("user-2", "b2"),
+    ("user-3", "b2"),
     ("user-4", "b1"),
-    ("user-5", "b4"),
+    ("user-5", "b2"),
     ("user-6", "b1"),
     ("user-7", "b4"),
-    ("user-8", "b1"),
-    ("user-9", "b2"),
+    ("user-8", "b4"),
+    ("user-9", "b4"),
     ("user-10", "b2"),
     ("user-11", "b2"),
-    ("alice@example.com", "b1"),
-    ("bob@example.com", "b2"),
+    ("alice@example.com", "b5"),
+    ("bob@example.com", "b4"),
     ("192.0.2.1", "b4"),
     ("192.0.2.2", "b4"),
     ("2001:db8::1", "b5"),
-    ("session-7f3a9c", "b1"),
+    ("session-7f3a9c", "b2"),
     ("session-000001", "b2"),
-    ("", "b1"),
+    ("", "b2"),
     ("ünïcödé", "b2"),
-    ("tenant/42/cart", "b2"),
+    ("tenant/42/cart", "b4"),
     ("x", "b4"),
     (
         "a-much-longer-key-that-spans-more-than-one-block-of-xxh3-input-0123456789",

@@ -84,6 +84,37 @@ proptest! {
         prop_assert!((moved as f64 / keys.len() as f64) <= bound, "remove moved {moved} of {}", keys.len());
     }
 
+    /// With weights (a total up to 512), adding, removing or reweighting
+    /// one backend moves keys only onto or off it: none between the others.
+    #[test]
+    fn a_change_to_one_weighted_backend_moves_only_its_keys(
+        weights in prop::collection::vec(1u32..=64, 2..=6),
+        added in 1u32..=128,
+        victim in any::<prop::sample::Index>(),
+        reweight in 0u32..=128,
+    ) {
+        let keys = keys(20_000, u64::from(added));
+        let pool = pool(&weights);
+        let before = placement(&pool, &keys);
+        let only = |a: &[String], b: &[String], name: &str| {
+            a.iter().zip(b).all(|(x, y)| x == y || x == name || y == name)
+        };
+
+        pool.add(BackendSpec::new("new").weight(added)).unwrap();
+        let with_new = placement(&pool, &keys);
+        prop_assert!(only(&before, &with_new, "new"), "add");
+        pool.remove("new").unwrap();
+        prop_assert_eq!(&placement(&pool, &keys), &before, "removing it undoes the add");
+
+        let name = format!("b{}", victim.index(weights.len()));
+        pool.update(|m| {
+            m.get_mut(&name)?.weight = reweight;
+            Ok(())
+        })
+        .unwrap();
+        prop_assert!(only(&before, &placement(&pool, &keys), &name), "reweight {name}");
+    }
+
     /// Whatever the states, a session that is placed anew (no key, expired,
     /// invalid, failed over) only ever lands on an active backend with a
     /// weight, unless its hash key binds it to its owner.
