@@ -464,16 +464,17 @@ impl Snapshot {
         Some(m) != exclude && self.stats[m as usize].admit(&self.config.health, now)
     }
 
-    /// Under the load bound `c`: in-flight load per unit of weight at most
-    /// `c` × the average, counting the request about to be placed.
+    /// Under the load bound `c`: in-flight requests at most `c` × the
+    /// member's share of all in flight (by its weight and its group's),
+    /// counting the request about to be placed.
     fn fits(&self, m: u32, c: f64) -> bool {
-        let member = &self.members[m as usize];
-        if self.new_weight == 0 || member.spec().weight == 0 {
+        let share = self.shares[m as usize];
+        if share <= 0.0 {
             return true;
         }
         let total = (self.load.load(Relaxed) + 1) as f64;
-        let limit = (c * total * f64::from(member.spec().weight) / self.new_weight as f64).ceil();
-        (member.stats().in_flight() + 1) as f64 <= limit
+        let limit = (c * total * share).ceil();
+        (self.stats[m as usize].in_flight() + 1) as f64 <= limit
     }
 
     fn scheduled_pick(

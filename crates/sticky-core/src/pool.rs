@@ -20,7 +20,9 @@ pub struct PoolConfig {
     /// Passive health.
     pub health: HealthPolicy,
     /// Bounded load for new sessions: none takes a backend whose in-flight
-    /// load per unit of weight exceeds this factor times the average.
+    /// requests exceed this factor times its share of all in flight (its
+    /// share by its weight within its group, and its group's by group
+    /// weight).
     pub new_session_bound: Option<f64>,
     /// Bounded load for keyed placement (consistent hashing with bounded
     /// loads): an overloaded owner passes the key to its next candidate.

@@ -277,8 +277,11 @@ pub struct Snapshot {
     pub(crate) next_group: AtomicU64,
     /// One entry per key of the ring, in ring order.
     pub(crate) tags: Box<[Tags]>,
-    /// Sum of the weights of members that take new sessions.
-    pub(crate) new_weight: u64,
+    /// Each member's share of new load: its group's share of the group
+    /// weights, times its share of its group's member weights (0 for a
+    /// member that takes no new sessions). The load bounds compare a
+    /// member's in-flight requests with this share of the total.
+    pub(crate) shares: Box<[f64]>,
     pub(crate) load: Arc<AtomicU64>,
 }
 
@@ -289,6 +292,36 @@ impl fmt::Debug for Snapshot {
             .field("members", &self.members)
             .finish_non_exhaustive()
     }
+}
+
+/// See [`Snapshot::shares`]. With a single group its weight plays no
+/// part, as in the new-session schedule.
+fn new_load_shares(members: &[Member], groups: &[Group]) -> Box<[f64]> {
+    let takes_new = |m: &Member| m.spec.takes_new().then_some(f64::from(m.spec.weight));
+    let mut in_group = vec![0.0; groups.len()];
+    for m in members {
+        in_group[m.group as usize] += takes_new(m).unwrap_or(0.0);
+    }
+    let group_weight = |g: usize| match groups.len() {
+        1 => 1.0,
+        _ => f64::from(groups[g].weight),
+    };
+    let total: f64 = (0..groups.len())
+        .filter(|&g| in_group[g] > 0.0)
+        .map(group_weight)
+        .sum();
+    members
+        .iter()
+        .map(|m| {
+            let g = m.group as usize;
+            match takes_new(m) {
+                Some(w) if total > 0.0 && in_group[g] > 0.0 => {
+                    group_weight(g) / total * w / in_group[g]
+                }
+                _ => 0.0,
+            }
+        })
+        .collect()
 }
 
 fn name_hash(name: &str) -> u64 {
@@ -443,12 +476,9 @@ impl Snapshot {
             })
             .collect();
 
+        let shares = new_load_shares(&members, &groups);
         Ok(Snapshot {
-            new_weight: members
-                .iter()
-                .filter(|m| m.spec.takes_new())
-                .map(|m| u64::from(m.spec.weight))
-                .sum(),
+            shares,
             load: previous.map_or_else(Default::default, |p| Arc::clone(&p.load)),
             group_schedule: Schedule::build(&group_shares),
             next_group: AtomicU64::new(stable_hash_indexed(schedule_seed, "", generation as u32)),

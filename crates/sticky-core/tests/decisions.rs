@@ -540,6 +540,42 @@ fn keyed_bounded_load_passes_keys_on_while_the_owner_is_overloaded() {
     );
 }
 
+/// The load bounds measure a member against its share of the load with
+/// group weights counted: under load spread as the weights say, nothing is
+/// over the bound, so no key leaves its version for another.
+#[test]
+fn load_bounds_count_group_weights() {
+    let pool = Pool::new(
+        config().keyed_bound(1.25).new_session_bound(1.25),
+        Membership::new()
+            .with(BackendSpec::new("v1-a").group("v1"))
+            .with(BackendSpec::new("v1-b").group("v1"))
+            .with(BackendSpec::new("v2-canary").group("v2"))
+            .with_group_weight("v1", 9)
+            .with_group_weight("v2", 1),
+    )
+    .unwrap();
+    let snapshot = pool.load();
+    let index = |name: &str| snapshot.index_of(name).unwrap();
+    // 100 requests in flight, as the weights share them: 45 / 45 / 10.
+    let _busy: Vec<_> = [("v1-a", 45), ("v1-b", 45), ("v2-canary", 10)]
+        .iter()
+        .flat_map(|&(name, n)| (0..n).map(move |_| name))
+        .map(|name| snapshot.start_request(index(name)))
+        .collect();
+    for key in keys(500, 11) {
+        let d = snapshot.decide(&Keys::new().hash(&key), NOW);
+        assert_eq!(d.outcome, Outcome::Hit, "{}", name(&pool, d.backend));
+    }
+    let mut canary = 0;
+    for _ in 0..1000 {
+        let d = snapshot.decide(&Keys::new(), NOW);
+        assert_eq!(d.outcome, Outcome::New);
+        canary += usize::from(name(&pool, d.backend) == "v2-canary");
+    }
+    assert_eq!(canary, 100, "the canary keeps its tenth of new sessions");
+}
+
 #[test]
 fn an_overloaded_owner_keeps_its_key_when_no_other_backend_can_take_it() {
     let health = HealthPolicy {
