@@ -542,7 +542,7 @@ impl Snapshot {
     /// that has a ring.
     fn keyed_owner(&self, hash: u64) -> Option<u32> {
         if let [only] = &*self.groups {
-            return (only.weight > 0 && !only.ring.is_empty()).then(|| only.ring.first(hash));
+            return (!only.ring.is_empty()).then(|| only.ring.first(hash));
         }
         let g = *self.keyed_groups(hash, None).first()?;
         Some(self.groups[g as usize].ring.first(hash))
@@ -552,10 +552,11 @@ impl Snapshot {
     fn keyed_groups(&self, hash: u64, preferred: Option<u32>) -> Vec<u32> {
         let usable = |g: &crate::snapshot::Group| g.weight > 0 && !g.ring.is_empty();
         if self.groups.len() == 1 {
-            return if usable(&self.groups[0]) {
-                vec![0]
-            } else {
+            // A lone group's weight plays no part, as in the schedule.
+            return if self.groups[0].ring.is_empty() {
                 vec![]
+            } else {
+                vec![0]
             };
         }
         // Weighted rendezvous: the lowest -ln(u)/w wins.

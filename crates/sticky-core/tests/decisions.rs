@@ -392,6 +392,26 @@ fn groups_split_new_sessions_by_group_weight_and_keep_failover_inside_the_group(
     }
 }
 
+/// A lone group's weight plays no part: new sessions and hash keys are
+/// placed alike whatever it is.
+#[test]
+fn a_lone_groups_weight_plays_no_part() {
+    for weight in [0, 1, 5] {
+        let pool = Pool::new(
+            config(),
+            Membership::new()
+                .with(BackendSpec::new("a").group("only"))
+                .with(BackendSpec::new("b").group("only"))
+                .with_group_weight("only", weight),
+        )
+        .unwrap();
+        let snapshot = pool.load();
+        assert_eq!(snapshot.decide(&Keys::new(), NOW).outcome, Outcome::New);
+        let d = snapshot.decide(&Keys::new().hash(b"key"), NOW);
+        assert_eq!(d.outcome, Outcome::Hit, "group weight {weight}");
+    }
+}
+
 #[test]
 fn rotated_keys_still_route_and_refresh_to_the_new_key() {
     let old = KeyRing::new(["the old secret, still listed...."]).unwrap();
