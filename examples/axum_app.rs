@@ -54,7 +54,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower::util::MapResponse;
 use tower_sticky::sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
-use tower_sticky::sticky_core::{BackendSpec, PoolConfig};
+use tower_sticky::sticky_core::{BackendSpec, Outcome, PoolConfig};
 use tower_sticky::{Backends, Placement, Sticky};
 
 /// The app's own session cookie, set by each backend.
@@ -172,14 +172,16 @@ fn cart_backends(secret: &str) -> Result<Backends<Router>, Box<dyn std::error::E
 }
 
 /// Copies where a request went into response headers, for curl to show.
-fn placement_headers(mut response: Response) -> Response {
+fn placement_headers<B>(mut response: http::Response<B>) -> http::Response<B> {
     if let Some(placement) = response.extensions().get::<Placement>().cloned() {
-        let headers = response.headers_mut();
         if let Ok(value) = HeaderValue::from_str(placement.backend.as_str()) {
-            headers.insert("x-sticky-backend", value);
+            response.headers_mut().insert("x-sticky-backend", value);
         }
-        if let Ok(value) = HeaderValue::from_str(&placement.outcome.to_string()) {
-            headers.insert("x-sticky-outcome", value);
+    }
+    // Also on a 503 for a request no backend could take.
+    if let Some(outcome) = response.extensions().get::<Outcome>().copied() {
+        if let Ok(value) = HeaderValue::from_str(&outcome.to_string()) {
+            response.headers_mut().insert("x-sticky-outcome", value);
         }
     }
     response

@@ -90,7 +90,7 @@ fn backend(name: &'static str) -> Router {
     })
 }
 
-fn outcome_header(mut response: Response) -> Response {
+fn outcome_header<B>(mut response: http::Response<B>) -> http::Response<B> {
     if let Some(placement) = response.extensions().get::<Placement>().cloned() {
         let value = HeaderValue::from_str(placement.outcome.as_str()).unwrap();
         response.headers_mut().insert("x-sticky-outcome", value);

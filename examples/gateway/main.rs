@@ -34,7 +34,7 @@ use hyper::body::{Body as _, Incoming};
 use tower::{Layer, ServiceExt};
 use tower_sticky::sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
 use tower_sticky::sticky_core::{BackendSpec, FailoverPolicy, PoolConfig};
-use tower_sticky::{Affinity, Backends, ClientIp, Error, Sticky, StickyLayer};
+use tower_sticky::{Affinity, Backends, ClientIp, Error, ResponseBody, Sticky, StickyLayer};
 
 use cli::{fail, Args, Failover};
 use proxy::{ProxyError, ProxyOptions, Upstream};
@@ -339,10 +339,12 @@ async fn serve(
             };
             async move {
                 let response = match call {
-                    Ok(call) => call.await.unwrap_or_else(error_response),
+                    Ok(call) => call
+                        .await
+                        .unwrap_or_else(|error| error_response(error).map(ResponseBody::new)),
                     Err((status, why)) => {
                         tracing::debug!(status = status.as_u16(), "request refused: {why}");
-                        proxy::text(status, why)
+                        proxy::text(status, why).map(ResponseBody::new)
                     }
                 };
                 Ok::<_, Infallible>(response.map(|body| started.track(body)))

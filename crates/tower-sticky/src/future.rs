@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use crate::affinity::{KeySource, Sources};
 use crate::backends::Table;
+use crate::body::ResponseBody;
 use crate::error::{in_chain, shed, BoxError, Error, Unsent};
 use crate::layer::Config;
 use crate::service::{Cookies, Placement};
@@ -187,9 +188,11 @@ impl<S> Ctx<S> {
         }
     }
 
-    fn finish<B>(&mut self, mut response: Response<B>) -> Response<B> {
+    fn finish<B>(&mut self, mut response: Response<B>) -> Response<ResponseBody<B>> {
         let config = &self.config;
-        if let Some(in_flight) = self.in_flight.take() {
+        // The request stays in flight until its body is over.
+        let in_flight = self.in_flight.take();
+        if let Some(in_flight) = &in_flight {
             if config.failure_statuses.contains(&response.status()) {
                 in_flight
                     .stats()
@@ -216,7 +219,7 @@ impl<S> Ctx<S> {
             backend,
             source: self.source(),
         });
-        response
+        response.map(|body| ResponseBody::counted(body, in_flight))
     }
 
     fn write_token<B>(&self, response: &mut Response<B>, token: &str) {
@@ -319,7 +322,7 @@ where
     S::Error: Into<BoxError>,
     ReqBody: 'static,
 {
-    type Output = Result<Response<ResBody>, Error>;
+    type Output = Result<Response<ResponseBody<ResBody>>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();

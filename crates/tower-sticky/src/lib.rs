@@ -12,7 +12,8 @@
 //! 3. the chosen backend is cloned and called with the request;
 //! 4. the response gets the cookie (and token header) when one is due, an
 //!    [`Outcome`](sticky_core::Outcome) and a [`Placement`] extension, and
-//!    its status feeds passive health.
+//!    its status feeds passive health; its body, a [`ResponseBody`], keeps
+//!    the request counted as in flight on the backend until it is over.
 //!
 //! [`Backends`] is both the set of services and the handle that changes it
 //! at runtime (add, remove, reweight, drain, disable, enable, or a
@@ -108,6 +109,7 @@
 
 mod affinity;
 mod backends;
+mod body;
 mod error;
 mod future;
 mod layer;
@@ -115,6 +117,7 @@ mod service;
 
 pub use affinity::{Affinity, ClientIp, IpNetwork, IpNetworkError, KeySource, Limits};
 pub use backends::{BackendStatus, Backends};
+pub use body::ResponseBody;
 pub use error::{BoxError, Error, ErrorsAsResponses, ErrorsAsResponsesFuture, Unsent};
 pub use future::ResponseFuture;
 pub use layer::{CookieAttributes, StickyLayer};

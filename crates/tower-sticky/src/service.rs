@@ -11,6 +11,7 @@ use tower_service::Service;
 
 use crate::affinity::{self, KeySource};
 use crate::backends::{wall_clock, Backends};
+use crate::body::ResponseBody;
 use crate::error::{BoxError, Error, ErrorsAsResponses};
 use crate::future::ResponseFuture;
 use crate::layer::{Config, StickyLayer};
@@ -83,14 +84,14 @@ pub struct Placement {
 /// let first = service.clone().oneshot(Request::new(String::new())).await.unwrap();
 /// let cookie = first.headers()[header::SET_COOKIE].to_str().unwrap();
 /// let pair = cookie.split(';').next().unwrap().to_owned();
-/// let home = first.into_body();
+/// let home = first.into_body().into_inner();
 ///
 /// // ...and every request that sends it back lands on the same backend.
 /// for _ in 0..10 {
 ///     let request = Request::builder().header(header::COOKIE, &pair).body(String::new()).unwrap();
 ///     let response = service.clone().oneshot(request).await.unwrap();
 ///     assert!(response.headers().get(header::SET_COOKIE).is_none());
-///     assert_eq!(response.into_body(), home);
+///     assert_eq!(response.into_body().into_inner(), home);
 /// }
 /// # }
 /// ```
@@ -175,7 +176,7 @@ where
     S::Error: Into<BoxError>,
     ReqBody: 'static,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = Error;
     type Future = ResponseFuture<S, ReqBody>;
 

@@ -9,7 +9,7 @@ use http::{HeaderName, Request, Response};
 use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
 use sticky_core::{BackendSpec, Outcome, PoolConfig};
 use tower::{service_fn, ServiceExt};
-use tower_sticky::{Affinity, Backends, ClientIp, Limits, Sticky, StickyLayer};
+use tower_sticky::{Affinity, Backends, ClientIp, Limits, ResponseBody, Sticky, StickyLayer};
 
 const SECRET: &str = "hostile-input tests: 0123456789abcdef";
 
@@ -33,7 +33,12 @@ fn backends() -> Backends<Svc> {
 }
 
 async fn call(service: &Sticky<Svc>, request: Request<()>) -> Response<String> {
-    service.clone().oneshot(request).await.unwrap()
+    service
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap()
+        .map(ResponseBody::into_inner)
 }
 
 async fn a_session(service: &Sticky<Svc>) -> (String, String) {

@@ -14,7 +14,8 @@ use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
 use sticky_core::{BackendSpec, FailoverPolicy, HealthPolicy, Outcome, PoolConfig, Reason};
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_sticky::{
-    Affinity, Backends, ClientIp, CookieAttributes, Error, Placement, Sticky, StickyLayer, Unsent,
+    Affinity, Backends, ClientIp, CookieAttributes, Error, Placement, ResponseBody, Sticky,
+    StickyLayer, Unsent,
 };
 
 const SECRET: &str = "layer tests secret, 32 bytes long";
@@ -71,7 +72,13 @@ fn sticky_cookie(response: &Response<String>) -> Option<String> {
 // strings), so their futures are `'static`.
 fn send(service: &Sticky<Svc>, request: Request<String>) -> impl Future<Output = Response<String>> {
     let service = service.clone();
-    async move { service.oneshot(request).await.unwrap() }
+    async move {
+        service
+            .oneshot(request)
+            .await
+            .unwrap()
+            .map(ResponseBody::into_inner)
+    }
 }
 
 fn get(service: &Sticky<Svc>, cookie: Option<&str>) -> impl Future<Output = Response<String>> {
@@ -955,7 +962,9 @@ async fn a_backend_slow_to_become_ready_does_not_delay_the_others() {
             .as_mut()
             .poll(&mut Context::from_waker(std::task::Waker::noop()))
         {
-            Poll::Ready(r) => fast_cookie = sticky_cookie(&r.unwrap()),
+            Poll::Ready(r) => {
+                fast_cookie = sticky_cookie(&r.unwrap().map(ResponseBody::into_inner))
+            }
             Poll::Pending => parked.push(call),
         }
     }
@@ -967,7 +976,7 @@ async fn a_backend_slow_to_become_ready_does_not_delay_the_others() {
     gate.is_open.store(true, Ordering::SeqCst);
     gate.open.notify_waiters();
     for call in parked {
-        assert_eq!(call.await.unwrap().into_body(), "slow");
+        assert_eq!(call.await.unwrap().into_body().into_inner(), "slow");
     }
 }
 
@@ -1012,7 +1021,7 @@ async fn connection_errors_are_retried_once_on_the_next_candidate() {
                 }
                 // The key's next candidate took it.
                 assert_eq!(placement.source, tower_sticky::KeySource::Header);
-                assert_eq!(r.into_body(), "c-up");
+                assert_eq!(r.into_body().into_inner(), "c-up");
             }
             // Retried once only: a key whose next candidate is also down fails.
             Err(Error::Backend { backend, .. }) => assert_ne!(backend.as_str(), "c-up"),
@@ -1109,16 +1118,69 @@ async fn a_timed_out_backend_is_504_and_a_rejection_names_its_reason() {
     .unwrap();
     let service = Sticky::new(backends.clone()).errors_as_responses();
     let request = || Request::get("/").body(String::new()).unwrap();
-    let r = service.clone().oneshot(request()).await.unwrap();
+    let r = service
+        .clone()
+        .oneshot(request())
+        .await
+        .unwrap()
+        .map(ResponseBody::into_inner);
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
 
     backends.disable("stuck").unwrap();
-    let r = service.oneshot(request()).await.unwrap();
+    let r = service
+        .oneshot(request())
+        .await
+        .unwrap()
+        .map(ResponseBody::into_inner);
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         r.extensions().get::<Outcome>(),
         Some(&Outcome::Rejected(Reason::Unavailable))
     );
+}
+
+/// A response that streams counts as in flight on its backend until its
+/// body ends, or is dropped: a long stream is load, for the counters and
+/// the load bounds.
+#[tokio::test]
+async fn a_streaming_response_is_in_flight_until_its_body_is_over() {
+    use http_body_util::{BodyExt, StreamBody};
+    type Chunk = Result<http_body::Frame<bytes::Bytes>, Infallible>;
+    let (senders_tx, mut senders) = tokio::sync::mpsc::unbounded_channel();
+    let streaming = service_fn(move |_r: Request<String>| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Chunk>();
+        senders_tx.send(tx).unwrap();
+        let body = StreamBody::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        async move { Ok::<_, BoxError>(Response::new(body)) }
+    });
+    let backends = Backends::new(
+        config_with(&[SECRET]),
+        [(BackendSpec::new("stream"), streaming)],
+    )
+    .unwrap();
+    let service = Sticky::new(backends.clone());
+    let in_flight = || backends.status()[0].counters.in_flight;
+    let request = || Request::get("/").body(String::new()).unwrap();
+
+    let response = service.clone().oneshot(request()).await.unwrap();
+    let chunks = senders.recv().await.unwrap();
+    let mut body = response.into_body();
+    assert_eq!(in_flight(), 1, "under way while the body streams");
+    chunks
+        .send(Ok(http_body::Frame::data("one".into())))
+        .unwrap();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "one");
+    assert_eq!(in_flight(), 1);
+    drop(chunks);
+    assert!(body.frame().await.is_none());
+    assert_eq!(in_flight(), 0, "done once the body ended");
+
+    let response = service.oneshot(request()).await.unwrap();
+    let _chunks = senders.recv().await.unwrap();
+    assert_eq!(in_flight(), 1);
+    drop(response);
+    assert_eq!(in_flight(), 0, "done once the body is dropped");
 }
 
 #[derive(Clone)]
@@ -1304,13 +1366,21 @@ async fn thousands_of_concurrent_sessions_never_misroute() {
                     .next()
                     .unwrap()
                     .to_owned();
-                let home = first.into_body();
+                let home = first.into_body().into_inner();
                 for _ in 0..3 {
                     let request = Request::get("/")
                         .header(COOKIE, &cookie)
                         .body(String::new())
                         .unwrap();
-                    if service.clone().oneshot(request).await.unwrap().into_body() != home {
+                    if service
+                        .clone()
+                        .oneshot(request)
+                        .await
+                        .unwrap()
+                        .map(ResponseBody::into_inner)
+                        .into_body()
+                        != home
+                    {
                         misroutes.fetch_add(1, Ordering::SeqCst);
                     }
                 }
@@ -1406,7 +1476,7 @@ async fn a_key_passed_on_by_the_load_bound_gets_no_cookie_and_comes_back() {
             .poll(&mut Context::from_waker(std::task::Waker::noop()))
         {
             Poll::Pending => parked.push(call),
-            Poll::Ready(r) => break r.unwrap(),
+            Poll::Ready(r) => break r.unwrap().map(ResponseBody::into_inner),
         }
         assert!(parked.len() < 10, "the owner took every request");
     };
@@ -1418,7 +1488,7 @@ async fn a_key_passed_on_by_the_load_bound_gets_no_cookie_and_comes_back() {
 
     hold.send_replace(false);
     for call in parked {
-        assert_eq!(call.await.unwrap().into_body(), home);
+        assert_eq!(call.await.unwrap().into_body().into_inner(), home);
     }
     let back = send(&service, hot()).await;
     assert_eq!(
