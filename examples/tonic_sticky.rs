@@ -572,8 +572,11 @@ async fn main() -> Result<(), BoxError> {
         println!("server {name} on {}", server.addr);
         servers.push(server);
     }
-    // A gRPC client counts only transport errors as failures (a gRPC error
-    // status is an HTTP 200), so one is enough to mark a server down.
+    // A gRPC client sees errors only from the transport (a gRPC error
+    // status is an HTTP 200), so one is enough to mark a server down here.
+    // A caller's own deadline also ends as such an error: with deadlines
+    // in play, raise the threshold or leave them out of health
+    // (`StickyLayer::failure_errors`).
     let health = HealthPolicy {
         failure_threshold: 1,
         cooldown: Duration::from_secs(30),

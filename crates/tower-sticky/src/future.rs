@@ -115,14 +115,15 @@ impl<S> Ctx<S> {
             .map(|b| self.table.snapshot.member(b).id())
     }
 
-    /// Feeds a backend's error to passive health; a refused connection
+    /// Feeds a backend's error to passive health, unless the layer's
+    /// `failure_errors` leaves it out; a refused connection
     /// takes the backend out at once (a lazily connecting client, such as
     /// a tonic `Channel`, reports it only after taking the request). A
     /// request its stack shed as overloaded does not count: the backend is
     /// busy, not broken, and taking it out would pile its load on the
     /// others.
     fn record_failure(&self, error: &(dyn std::error::Error + 'static)) {
-        if shed(error) {
+        if shed(error) || !(self.config.failure_errors)(error) {
             return;
         }
         if let Some(in_flight) = &self.in_flight {

@@ -76,6 +76,7 @@ pub(crate) struct Config {
     pub(crate) strip_cookie: bool,
     pub(crate) cache_private: bool,
     pub(crate) failure_statuses: Vec<StatusCode>,
+    pub(crate) failure_errors: fn(&(dyn std::error::Error + 'static)) -> bool,
     pub(crate) client_ip: ClientIp,
     pub(crate) limits: Limits,
 }
@@ -114,6 +115,7 @@ impl StickyLayer {
                     StatusCode::SERVICE_UNAVAILABLE,
                     StatusCode::GATEWAY_TIMEOUT,
                 ],
+                failure_errors: |_| true,
                 client_ip: ClientIp::Peer,
                 limits: Limits::default(),
             }),
@@ -197,6 +199,40 @@ impl StickyLayer {
     pub fn failure_statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         let statuses = statuses.into_iter().collect();
         self.edit(|c| c.failure_statuses = statuses)
+    }
+
+    /// Which backend errors count as failures for passive health (default:
+    /// all). A request shed by the backend's own `LoadShed` never counts:
+    /// the backend is busy, not broken.
+    ///
+    /// Leave out errors that say nothing of the backend's health. A tonic
+    /// `Channel` reports a caller's own deadline (`grpc-timeout`) as an
+    /// error, so a caller with a tight deadline on a slow method could take
+    /// a healthy server out of service for everyone, with its sessions:
+    ///
+    /// ```
+    /// use std::error::Error;
+    /// use tower_sticky::StickyLayer;
+    ///
+    /// fn not_a_deadline(error: &(dyn Error + 'static)) -> bool {
+    ///     let mut current = Some(error);
+    ///     while let Some(e) = current {
+    ///         if e.is::<tonic::TimeoutExpired>() {
+    ///             return false;
+    ///         }
+    ///         current = e.source();
+    ///     }
+    ///     true
+    /// }
+    /// let layer = StickyLayer::new().failure_errors(not_a_deadline);
+    /// ```
+    ///
+    /// The price: a server that stops answering altogether then never
+    /// leaves service by passive health alone, since its calls end in
+    /// exactly those deadlines. Pair it with an active health check
+    /// (`Backends::set_state`), or leave timeouts counted.
+    pub fn failure_errors(self, counts: fn(&(dyn std::error::Error + 'static)) -> bool) -> Self {
+        self.edit(|c| c.failure_errors = counts)
     }
 
     /// Which forwarding headers to believe for [`Affinity::ClientIp`]

@@ -41,7 +41,8 @@ pub struct Placement {
 /// backend's own stack (concurrency limit, load shed, timeout); its errors,
 /// and 502/503/504 answers, feed passive health, except a request shed as
 /// overloaded (tower's `LoadShed`), which answers 503 and leaves the
-/// backend in service.
+/// backend in service, and errors that
+/// [`StickyLayer::failure_errors`] leaves out.
 ///
 /// `Sticky` and its response future are `Send` when the backend service is
 /// `Send + Sync` and its future is `Send`: the backend set is shared

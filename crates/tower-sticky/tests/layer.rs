@@ -1102,6 +1102,49 @@ async fn a_request_shed_by_a_busy_backend_is_503_and_not_a_health_failure() {
     assert_eq!(get(&service, None).await.into_body(), "busy");
 }
 
+/// Errors the layer is told say nothing of a backend's health (a caller's
+/// own deadline, say) leave it in service; the others still count.
+#[tokio::test]
+async fn errors_left_out_of_health_keep_the_backend_in_service() {
+    #[derive(Debug)]
+    struct Deadline;
+    impl std::fmt::Display for Deadline {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the caller's deadline passed")
+        }
+    }
+    impl std::error::Error for Deadline {}
+
+    let failing = Svc::new(service_fn(|r: Request<String>| async move {
+        match r.uri().path() {
+            "/deadline" => Err::<Response<String>, BoxError>(Box::new(Deadline)),
+            _ => Err("broken".into()),
+        }
+    }));
+    let health = HealthPolicy {
+        failure_threshold: 2,
+        cooldown: std::time::Duration::from_secs(3600),
+    };
+    let backends = Backends::new(
+        config_with(&[SECRET]).health(health),
+        [(BackendSpec::new("slow"), failing)],
+    )
+    .unwrap();
+    let layer = StickyLayer::new().failure_errors(|e| !e.is::<Deadline>());
+    let service = layer_service(layer, backends.clone());
+    let state = || backends.status()[0].state;
+    for _ in 0..5 {
+        let request = Request::get("/deadline").body(String::new()).unwrap();
+        service.clone().oneshot(request).await.unwrap_err();
+    }
+    assert_eq!(state(), sticky_core::BackendState::Active);
+    for _ in 0..2 {
+        let request = Request::get("/other").body(String::new()).unwrap();
+        service.clone().oneshot(request).await.unwrap_err();
+    }
+    assert_eq!(state(), sticky_core::BackendState::Unhealthy);
+}
+
 /// A backend whose own stack times the request out answers 504; a
 /// request no backend can take answers 503 with its outcome attached.
 #[tokio::test]
