@@ -1,13 +1,15 @@
 //! The new-session schedule: an exact, smooth interleaving of weights.
 //!
 //! Each entry `j` (of `w`) of a member with weight `w` is placed at virtual
-//! time `(j + φ) / w` in `[0, 1)`, where the phase `φ` in `[0, 1)` comes
-//! from a stable hash of the member's name (so light members spread over
-//! the period instead of piling up at one instant). All entries sorted by
-//! time form one period of length `W = Σ w`. The
-//! period is walked by one shared atomic counter, so any `W` consecutive
-//! picks hold exactly one period: every member gets exactly its weight, and
-//! its picks are spread evenly, as with smooth weighted round robin.
+//! time `(j + φ) / w` in `[0, 1)`. The phases `φ` of the `n` members of
+//! one weight are `(k + ½) / n`, `k` being a member's rank among them by a
+//! stable hash of its name: evenly spaced, so light members spread over
+//! the period instead of piling up at one instant, and a heavy member's
+//! runs between them stay short (weights 256 and 8 × 1: runs of 32, where
+//! smooth weighted round robin gives 58). All entries sorted by time form one period of length
+//! `W = Σ w`. The period is walked by one shared atomic counter, so any `W`
+//! consecutive picks hold exactly one period: every member gets exactly its
+//! weight, and its own picks are evenly spaced.
 
 /// One member's share of a schedule.
 pub(crate) struct Share {
@@ -41,11 +43,18 @@ impl Schedule {
         // (numerator, denominator, tiebreak, index): time = num / den, with
         // the phase in 24 bits of fraction.
         const ONE: u128 = 1 << 24;
+        // Members of one weight, ranked by name hash, get evenly spaced
+        // phases: their entries then interleave evenly.
+        let mut ranked: Vec<&Share> = shares.iter().collect();
+        ranked.sort_unstable_by_key(|s| (s.weight, s.tiebreak, s.index));
         let mut entries: Vec<(u128, u128, u64, u32)> = Vec::new();
-        for s in shares {
-            let w = u128::from(s.weight / g);
-            let phase = u128::from(s.tiebreak >> 40);
-            entries.extend((0..w).map(|j| (j * ONE + phase, w * ONE, s.tiebreak, s.index)));
+        for same in ranked.chunk_by(|a, b| a.weight == b.weight) {
+            let n = same.len() as u128;
+            for (k, s) in same.iter().enumerate() {
+                let w = u128::from(s.weight / g);
+                let phase = (2 * k as u128 + 1) * ONE / (2 * n);
+                entries.extend((0..w).map(|j| (j * ONE + phase, w * ONE, s.tiebreak, s.index)));
+            }
         }
         entries.sort_unstable_by(|a, b| {
             (a.0 * b.1)
@@ -126,6 +135,29 @@ mod tests {
             worst = worst.max(gap);
         }
         assert!(worst <= 4, "{seq:?}");
+    }
+
+    /// The longest run of member 0 over two periods.
+    fn longest_run_of_the_first(weights: &[u32]) -> usize {
+        let s = Schedule::build(&shares_named(weights));
+        let seq: Vec<u32> = (0..2 * s.len() as u64).map(|n| s.at(n)).collect();
+        seq.chunk_by(|a, b| a == b)
+            .filter(|run| run[0] == 0)
+            .map(|run| run.len())
+            .max()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_heavy_members_runs_are_as_short_as_the_light_ones_allow() {
+        // Between n light members' single picks, a member of weight w runs
+        // about w / n times in a row.
+        assert_eq!(longest_run_of_the_first(&[256, 1, 1, 1, 1, 1, 1, 1, 1]), 32);
+        assert!(longest_run_of_the_first(&[100, 1, 1, 1, 1]) <= 26);
+        assert!(
+            longest_run_of_the_first(&[64; 1].iter().chain(&[1; 16]).copied().collect::<Vec<_>>())
+                <= 4
+        );
     }
 
     #[test]
