@@ -521,21 +521,69 @@ impl Snapshot {
         // one drawn, as if the member were not in the schedule: the others
         // share its sessions by weight. (Taking the following entries
         // instead would give all of them to the member after it.)
+        let tries = len.min(8);
         let mut n = group.next.fetch_add(1, Relaxed);
-        for _ in 0..len.min(8) {
+        for k in 1..=tries {
             let m = group.schedule.at(n);
             if fits(m) && self.scheduled_ok(m, now, exclude) {
                 return Some(m);
             }
-            n = group.next.fetch_add(1, Relaxed);
+            if k < tries {
+                n = group.next.fetch_add(1, Relaxed);
+            }
         }
-        // Rare: the next entries are all out or over the bound. Scan.
-        let count = group.members.len();
-        let start = (n % count as u64) as usize;
-        let order = || (0..count).map(|i| group.members[(start + i) % count]);
-        order()
-            .find(|&m| fits(m) && self.takes_new(m, now, exclude))
-            .or_else(|| order().find(|&m| self.takes_new(m, now, exclude)))
+        // The entries drawn were all out or over the bound (a heavy member
+        // resting, say, whose entries come in long runs): a weighted pick
+        // among the members that can take the session, so that they still
+        // share it by weight.
+        // Members are looked at without claiming a half-open probe, which
+        // only the chosen one does.
+        let chosen = self
+            .weighted_among(group, n, |m| fits(m) && self.may_take_new(m, now, exclude))
+            .or_else(|| self.weighted_among(group, n, |m| self.may_take_new(m, now, exclude)));
+        match chosen {
+            Some(m) if self.takes_new(m, now, exclude) => Some(m),
+            // Another request took the chosen member's probe meanwhile.
+            _ => group
+                .members
+                .iter()
+                .copied()
+                .find(|&m| self.takes_new(m, now, exclude)),
+        }
+    }
+
+    /// Like [`takes_new`](Self::takes_new), without claiming a half-open
+    /// probe.
+    fn may_take_new(&self, m: u32, now: Duration, exclude: Option<u32>) -> bool {
+        let member = &self.members[m as usize];
+        Some(m) != exclude
+            && member.spec().takes_new()
+            && member.stats().may_admit(&self.config.health, now)
+    }
+
+    /// A member of `group` that passes `ok`, chosen with chances in
+    /// proportion to weight, by a hash of `n`.
+    fn weighted_among(
+        &self,
+        group: &crate::snapshot::Group,
+        n: u64,
+        ok: impl Fn(u32) -> bool,
+    ) -> Option<u32> {
+        let weight = |m: u32| u64::from(self.members[m as usize].spec().weight);
+        let eligible: Vec<u32> = group.members.iter().copied().filter(|&m| ok(m)).collect();
+        let total: u64 = eligible.iter().map(|&m| weight(m)).sum();
+        if total == 0 {
+            return eligible.first().copied();
+        }
+        let mut at = crate::hash::mix64(n) % total;
+        eligible.into_iter().find(|&m| {
+            let w = weight(m);
+            if at < w {
+                return true;
+            }
+            at -= w;
+            false
+        })
     }
 
     /// The owner of `hash`: in the first group (by weighted rendezvous)
@@ -550,7 +598,6 @@ impl Snapshot {
 
     /// Groups in the keyed order of `hash`, `preferred` first.
     fn keyed_groups(&self, hash: u64, preferred: Option<u32>) -> Vec<u32> {
-        let usable = |g: &crate::snapshot::Group| g.weight > 0 && !g.ring.is_empty();
         if self.groups.len() == 1 {
             // A lone group's weight plays no part, as in the schedule.
             return if self.groups[0].ring.is_empty() {
@@ -559,21 +606,28 @@ impl Snapshot {
                 vec![0]
             };
         }
-        // Weighted rendezvous: the lowest -ln(u)/w wins.
-        let mut scored: Vec<(f64, u32)> = self
+        // Weighted rendezvous: the lowest -ln(u)/w wins. Groups of weight
+        // 0 come after all the others, in their own rendezvous order: they
+        // own no key while another group can take it, but take keys, as
+        // they take new sessions, when none can.
+        let mut scored: Vec<(bool, f64, u32)> = self
             .groups
             .iter()
             .enumerate()
-            .filter(|(_, g)| usable(g))
+            .filter(|(_, g)| !g.ring.is_empty())
             .map(|(i, g)| {
                 let name = g.id.as_ref().map_or("", |id| id.as_str());
                 let u =
                     ((stable_hash(hash, name.as_bytes()) >> 11) + 1) as f64 / (1u64 << 53) as f64;
-                (-u.ln() / f64::from(g.weight), i as u32)
+                (
+                    g.weight == 0,
+                    -u.ln() / f64::from(g.weight.max(1)),
+                    i as u32,
+                )
             })
             .collect();
-        scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let mut order: Vec<u32> = scored.into_iter().map(|(_, g)| g).collect();
+        scored.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let mut order: Vec<u32> = scored.into_iter().map(|(_, _, g)| g).collect();
         if let Some(p) = preferred {
             if let Some(at) = order.iter().position(|&g| g == p) {
                 order[..=at].rotate_right(1);

@@ -36,3 +36,11 @@ pub(crate) fn stable_hash_indexed(seed: u64, name: &str, index: u32) -> u64 {
     buf.extend_from_slice(&index.to_le_bytes());
     stable_hash(seed, &buf)
 }
+
+/// SplitMix64's finalizer: spreads the bits of a counter, for choices that
+/// should look random but cost no state.
+pub(crate) fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}

@@ -199,6 +199,18 @@ impl BackendStats {
         until != 0 && (millis(now) < until || self.probe_at_ms.load(Relaxed) != 0)
     }
 
+    /// Whether [`admit`](Self::admit) would let a request through at
+    /// `now`, without claiming the half-open probe.
+    pub(crate) fn may_admit(&self, policy: &HealthPolicy, now: Duration) -> bool {
+        let until = self.down_until_ms.load(Relaxed);
+        if until == 0 {
+            return true;
+        }
+        let now_ms = millis(now);
+        let probe = self.probe_at_ms.load(Relaxed);
+        now_ms >= until && (probe == 0 || now_ms >= probe.saturating_add(millis(policy.cooldown)))
+    }
+
     /// Whether a request may go to this backend at `now`.
     ///
     /// Healthy: always. Resting: no. Cooldown over: `true` for exactly one

@@ -50,7 +50,8 @@ impl Membership {
 
     /// Sets a group's weight (default 1), relative to the other groups':
     /// a group of weight 0 gets no new sessions and owns no hash keys
-    /// while another group can take them. With one group it plays no part.
+    /// while another group can take them, and takes both when none can.
+    /// With one group it plays no part.
     pub fn with_group_weight(mut self, group: impl Into<GroupId>, weight: u32) -> Self {
         self.group_weights.insert(group.into(), weight);
         self

@@ -242,6 +242,39 @@ fn a_bad_token_or_route_leaves_a_keys_session_on_its_owner() {
     );
 }
 
+/// A heavy backend resting leaves long runs of its entries in the
+/// schedule: its new sessions are still shared by the others' weights,
+/// not handed to one of them.
+#[test]
+fn a_resting_heavy_backends_new_sessions_are_shared_by_weight() {
+    let health = HealthPolicy {
+        failure_threshold: 1,
+        cooldown: Duration::from_secs(60),
+    };
+    for weights in [
+        [16, 1, 1],
+        [64, 4, 4],
+        [256, 1, 1],
+        [100, 5, 5],
+        [200, 2, 6],
+    ] {
+        let pool = Pool::new(config().health(health), membership(&weights)).unwrap();
+        let snapshot = pool.load();
+        snapshot.member(0).stats().record_failure(&health, NOW);
+        let mut counts = [0u32; 3];
+        for _ in 0..20_000 {
+            counts[snapshot.decide(&Keys::new(), NOW).backend.unwrap()] += 1;
+        }
+        assert_eq!(counts[0], 0, "{weights:?}: b0 rests");
+        let b1 = f64::from(counts[1]) / 20_000.0;
+        let want = f64::from(weights[1]) / f64::from(weights[1] + weights[2]);
+        assert!(
+            (b1 - want).abs() < 0.03,
+            "{weights:?}: b1 took {b1:.3}, not {want:.3}: {counts:?}"
+        );
+    }
+}
+
 #[test]
 fn hash_keys_stick_and_fail_over_to_their_next_candidate() {
     let pool = pool(&[1, 1, 1, 1]);
@@ -409,6 +442,58 @@ fn a_lone_groups_weight_plays_no_part() {
         assert_eq!(snapshot.decide(&Keys::new(), NOW).outcome, Outcome::New);
         let d = snapshot.decide(&Keys::new().hash(b"key"), NOW);
         assert_eq!(d.outcome, Outcome::Hit, "group weight {weight}");
+    }
+}
+
+/// Groups of weight 0 own no keys while another group can take them, and
+/// take them, as they take new sessions, when none can.
+#[test]
+fn weight_zero_groups_take_keys_only_when_no_other_group_can() {
+    let two = |a: u32, b: u32| {
+        Pool::new(
+            config().health(HealthPolicy {
+                failure_threshold: 1,
+                cooldown: Duration::from_secs(60),
+            }),
+            Membership::new()
+                .with(BackendSpec::new("a1").group("a"))
+                .with(BackendSpec::new("b1").group("b"))
+                .with_group_weight("a", a)
+                .with_group_weight("b", b),
+        )
+        .unwrap()
+    };
+    let keys = keys(50, 9);
+    let pool = two(0, 1);
+    for key in &keys {
+        let d = pool.load().decide(&Keys::new().hash(key), NOW);
+        assert_eq!(
+            (d.outcome, name(&pool, d.backend)),
+            (Outcome::Hit, "b1".into())
+        );
+    }
+    // b's only member rests: keys go where new sessions go.
+    let snapshot = pool.load();
+    let b1 = snapshot.index_of("b1").unwrap();
+    snapshot
+        .member(b1)
+        .stats()
+        .record_failure(&pool.config().health, NOW);
+    assert_eq!(
+        name(&pool, snapshot.decide(&Keys::new(), NOW).backend),
+        "a1"
+    );
+    for key in &keys {
+        let d = snapshot.decide(&Keys::new().hash(key), NOW);
+        assert_eq!(d.outcome, Outcome::Failover(Reason::Unhealthy));
+        assert_eq!(name(&pool, d.backend), "a1");
+    }
+    // Every group at 0: keys are placed as new sessions are.
+    let pool = two(0, 0);
+    assert_eq!(pool.load().decide(&Keys::new(), NOW).outcome, Outcome::New);
+    for key in &keys {
+        let d = pool.load().decide(&Keys::new().hash(key), NOW);
+        assert_eq!(d.outcome, Outcome::Hit, "placed, not rejected");
     }
 }
 
