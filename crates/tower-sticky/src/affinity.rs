@@ -423,10 +423,15 @@ pub(crate) fn parse_node(node: &str) -> Option<IpAddr> {
 
 /// The client IP under `policy`.
 pub(crate) fn client_ip(parts: &Parts, policy: &ClientIp, limits: &Limits) -> Option<IpAddr> {
-    let peer = peer(parts);
-    if peer.is_none() {
+    let ip = client_ip_of(parts, policy, limits);
+    if ip.is_none() && peer(parts).is_none() {
         no_peer_address();
     }
+    ip
+}
+
+fn client_ip_of(parts: &Parts, policy: &ClientIp, limits: &Limits) -> Option<IpAddr> {
+    let peer = peer(parts);
     match policy {
         ClientIp::Peer => peer,
         ClientIp::TrustedHops(0) => peer,
@@ -654,6 +659,14 @@ mod tests {
         let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let subscriber = Warnings(std::sync::Arc::clone(&count));
         tracing::subscriber::with_default(subscriber, || {
+            // A forwarded address that places the request: nothing to say.
+            let forwarded = Request::get("/")
+                .header("x-forwarded-for", "203.0.113.9")
+                .body(())
+                .unwrap();
+            let hops = ClientIp::TrustedHops(1);
+            assert!(client_ip(&parts(forwarded), &hops, &Limits::default()).is_some());
+            assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 0);
             for _ in 0..3 {
                 let p = parts(Request::get("/").body(()).unwrap());
                 assert_eq!(client_ip(&p, &ClientIp::Peer, &Limits::default()), None);

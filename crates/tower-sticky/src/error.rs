@@ -175,7 +175,11 @@ impl<B> fmt::Display for Unsent<B> {
     }
 }
 
-impl<B> std::error::Error for Unsent<B> {}
+impl<B> std::error::Error for Unsent<B> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
 
 pin_project_lite::pin_project! {
     /// Response future of [`ErrorsAsResponses`].

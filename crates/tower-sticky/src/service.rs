@@ -164,8 +164,9 @@ impl<S> Sticky<S> {
         self.backends
     }
 
-    /// Answers errors with empty 503/502 responses instead of failing, as
-    /// axum's `route_service` and `fallback_service` require.
+    /// Answers errors with empty 503/502/504 responses instead of failing,
+    /// as axum's `route_service` and `fallback_service` require (see
+    /// [`ErrorsAsResponses`]).
     pub fn errors_as_responses(self) -> ErrorsAsResponses<Self> {
         ErrorsAsResponses::new(self)
     }

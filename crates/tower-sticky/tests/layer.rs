@@ -1226,6 +1226,54 @@ async fn a_streaming_response_is_in_flight_until_its_body_is_over() {
     assert_eq!(in_flight(), 0, "done once the body is dropped");
 }
 
+/// An error wrapped in `Unsent` is read through: a refused connection
+/// rests the backend at once, as a bare one does, and a connection that
+/// timed out before the request went is a 504 like any other timeout.
+#[tokio::test]
+async fn an_unsent_requests_error_is_read_through() {
+    let refusing = Svc::new(service_fn(|r: Request<String>| async move {
+        let error = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        Err::<Response<String>, BoxError>(Box::new(Unsent::new(r, error)))
+    }));
+    let backends = Backends::new(
+        config_with(&[SECRET]),
+        [
+            (BackendSpec::new("down"), refusing),
+            (BackendSpec::new("up"), named("up")),
+        ],
+    )
+    .unwrap();
+    let service = Sticky::new(backends.clone());
+    for _ in 0..4 {
+        assert_eq!(get(&service, None).await.into_body(), "up");
+    }
+    let down = &backends.status()[0];
+    assert_eq!(
+        down.state,
+        sticky_core::BackendState::Unhealthy,
+        "rested after one refusal"
+    );
+    assert_eq!(down.counters.failures, 1);
+}
+
+#[tokio::test]
+async fn an_unsent_requests_timeout_is_504() {
+    let timing_out = Svc::new(service_fn(|r: Request<String>| async move {
+        let error = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+        Err::<Response<String>, BoxError>(Box::new(Unsent::new(r, error)))
+    }));
+    let backends = Backends::new(
+        config_with(&[SECRET]),
+        [(BackendSpec::new("far"), timing_out)],
+    )
+    .unwrap();
+    let error = Sticky::new(backends)
+        .oneshot(Request::get("/").body(String::new()).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT, "{error}");
+}
+
 #[derive(Clone)]
 struct RefuseReady(Svc);
 
