@@ -3,7 +3,8 @@
 //! Every answer is JSON except the status page at `/`; every error is
 //! `{"error": "..."}` with a status that says what went wrong: 400 for a
 //! bad request (malformed JSON, a bad URL, a weight above 256), 404 for an
-//! unknown backend, 409 for a name that is already taken.
+//! unknown backend or group, 409 for a name that is already taken or an
+//! undrain of a backend that is not draining.
 //!
 //! A backend reads as
 //!
@@ -17,6 +18,14 @@
 //! where `state` is `active`, `draining` (bound sessions stay, no new ones
 //! come), `disabled` (nothing goes to it; its sessions fail over) or
 //! `unhealthy` (taken out by passive health until a probe succeeds).
+//!
+//! Under hash-key affinity (`header:`, `app-cookie:`, `query:`, `ip`) a
+//! key is bound to its backend from its first request: the gateway keeps
+//! no record of keys, so it cannot tell a new one from one it has seen.
+//! Draining keeps every key where it is, the new ones too, and counts
+//! their requests as hits. To move keys off a backend, set its weight to
+//! 0 (its keys go to their next backend, and come back with the weight)
+//! or disable it.
 //!
 //! # Endpoints
 //!
@@ -33,7 +42,8 @@
 //! # The same figures for Prometheus (text exposition format 0.0.4).
 //! curl -s http://127.0.0.1:9000/metrics
 //!
-//! # Drain b1 (bound sessions stay, no new sessions), then put it back.
+//! # Drain b1 (bound sessions stay, no new sessions), then put it back
+//! # (undrain acts on a draining backend only).
 //! curl -s -X POST http://127.0.0.1:9000/backends/b1/drain
 //! curl -s -X POST http://127.0.0.1:9000/backends/b1/undrain
 //!
@@ -45,10 +55,15 @@
 //! # Set b1's weight: 0 to 256, relative to the others; 0 drains.
 //! curl -s -X POST http://127.0.0.1:9000/backends/b1/weight/3
 //!
-//! # Add a backend (weight is optional and defaults to 1): 201 Created.
+//! # Add a backend (weight is optional and defaults to 1; group is
+//! # optional): 201 Created.
 //! curl -s -X POST http://127.0.0.1:9000/backends \
 //!      -H 'content-type: application/json' \
-//!      -d '{"name": "b3", "url": "http://127.0.0.1:3003", "weight": 2}'
+//!      -d '{"name": "b3", "url": "http://127.0.0.1:3003", "weight": 2, "group": "v2"}'
+//!
+//! # Set group v2's weight (0 to 256, relative to the other groups'):
+//! # answers with the group's backends.
+//! curl -s -X POST http://127.0.0.1:9000/groups/v2/weight/1
 //!
 //! # Remove a backend: its sessions fail over on their next request.
 //! curl -s -X DELETE http://127.0.0.1:9000/backends/b3
@@ -96,10 +111,11 @@ pub fn router(backends: Backends<Upstream>, options: ProxyOptions) -> Router {
         .route("/backends", get(list).post(add))
         .route("/backends/{name}", axum::routing::delete(remove))
         .route("/backends/{name}/drain", post(drain))
-        .route("/backends/{name}/undrain", post(enable))
+        .route("/backends/{name}/undrain", post(undrain))
         .route("/backends/{name}/disable", post(disable))
         .route("/backends/{name}/enable", post(enable))
         .route("/backends/{name}/weight/{weight}", post(set_weight))
+        .route("/groups/{group}/weight/{weight}", post(set_group_weight))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(Admin { backends, options })
@@ -158,6 +174,8 @@ struct NewBackend {
     url: String,
     #[serde(default = "default_weight")]
     weight: u32,
+    #[serde(default)]
+    group: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -303,12 +321,62 @@ async fn disable(
     admin.change(&name, "disabled", Backends::disable)
 }
 
-/// `enable` and `undrain`: back to active.
+/// A draining backend back to active. Only a draining one: undraining a
+/// disabled or failing backend by mistake would send it traffic; `enable`
+/// is the word for that.
+async fn undrain(
+    State(admin): State<Admin>,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<BackendJson>, ApiError> {
+    let state = admin
+        .backends
+        .snapshot()
+        .member_by_name(&name)
+        .map(|member| member.spec().state)
+        .ok_or_else(|| ApiError::unknown(&name))?;
+    if state != BackendState::Draining {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{name:?} is {}, not draining; POST /backends/{name}/enable returns it to service",
+                state.as_str()
+            ),
+        ));
+    }
+    admin.change(&name, "undrained", |backends, name| {
+        backends.set_state(name, BackendState::Active)
+    })
+}
+
+/// Back to active from any state; this also ends a rest passive health
+/// gave the backend.
 async fn enable(
     State(admin): State<Admin>,
     PathParams(name): PathParams<String>,
 ) -> Result<Json<BackendJson>, ApiError> {
     admin.change(&name, "enabled", Backends::enable)
+}
+
+/// Sets a group's weight (`--group-weight` at run time).
+async fn set_group_weight(
+    State(admin): State<Admin>,
+    PathParams((group, weight)): PathParams<(String, String)>,
+) -> Result<Json<Vec<BackendJson>>, ApiError> {
+    let weight = parse_weight(&weight)?;
+    let members: Vec<BackendJson> = admin
+        .all()
+        .into_iter()
+        .filter(|b| b.group.as_deref() == Some(group.as_str()))
+        .collect();
+    if members.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no backend is in group {group:?}"),
+        ));
+    }
+    admin.backends.set_group_weight(group.as_str(), weight)?;
+    tracing::info!(%group, weight, "admin: group weight set");
+    Ok(Json(members))
 }
 
 async fn set_weight(
@@ -373,10 +441,11 @@ async fn add(
     let upstream = Upstream::new(&new.url, &admin.options)
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
     let url = upstream.url().to_owned();
-    admin.backends.add(
-        BackendSpec::new(new.name.as_str()).weight(new.weight),
-        upstream,
-    )?;
+    let mut spec = BackendSpec::new(new.name.as_str()).weight(new.weight);
+    if let Some(group) = &new.group {
+        spec = spec.group(group.as_str());
+    }
+    admin.backends.add(spec, upstream)?;
     tracing::info!(backend = %new.name, %url, weight = new.weight, "admin: backend added");
     Ok((StatusCode::CREATED, admin.backend(&new.name)?))
 }
@@ -394,7 +463,7 @@ async fn no_route() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no such endpoint; see GET /backends, GET /metrics, POST /backends, DELETE /backends/NAME and \
-         POST /backends/NAME/{drain,undrain,disable,enable,weight/N}",
+         POST /backends/NAME/{drain,undrain,disable,enable,weight/N}, POST /groups/GROUP/weight/N",
     )
 }
 
@@ -727,8 +796,39 @@ mod tests {
         assert_eq!(b1["state"], "active");
         let (_, b2) = json_call(&admin, Method::POST, "/backends/b2/disable", "").await;
         assert_eq!(b2["state"], "disabled");
+        // Undrain is for draining backends only: a disabled one stays out.
+        for name in ["b1", "b2"] {
+            let uri = format!("/backends/{name}/undrain");
+            let (status, error) = json_call(&admin, Method::POST, &uri, "").await;
+            assert_eq!(status, StatusCode::CONFLICT, "{name}");
+            assert!(
+                error["error"].as_str().unwrap().contains("not draining"),
+                "{error}"
+            );
+        }
+        let (_, list) = json_call(&admin, Method::GET, "/backends", "").await;
+        assert_eq!(list[1]["state"], "disabled");
         let (_, b2) = json_call(&admin, Method::POST, "/backends/b2/enable", "").await;
         assert_eq!(b2["state"], "active");
+    }
+
+    #[tokio::test]
+    async fn groups_are_set_when_adding_and_weighed_at_run_time() {
+        let admin = admin();
+        let body = r#"{"name": "c1", "url": "http://127.0.0.1:12", "group": "canary"}"#;
+        let (status, c1) = json_call(&admin, Method::POST, "/backends", body).await;
+        assert_eq!(
+            (status, &c1["group"]),
+            (StatusCode::CREATED, &json!("canary"))
+        );
+        let (status, members) =
+            json_call(&admin, Method::POST, "/groups/canary/weight/0", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(members[0]["name"], "c1");
+        let (status, error) = json_call(&admin, Method::POST, "/groups/nope/weight/1", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+        let (status, _) = json_call(&admin, Method::POST, "/groups/canary/weight/999", "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

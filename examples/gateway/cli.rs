@@ -28,8 +28,9 @@ pub struct Args {
     #[arg(long = "backend", value_name = "NAME=URL", value_parser = name_value)]
     pub backends: Vec<(String, String)>,
 
-    /// A backend's weight, as NAME=N (default 1; 0 drains: bound sessions
-    /// stay, no new ones come). Weights go from 0 to 256.
+    /// A backend's weight, as NAME=N (default 1; 0 drains: bound cookie
+    /// sessions stay, no new ones come, while hash keys on it move to their
+    /// next backend). Weights go from 0 to 256.
     #[arg(long = "weight", value_name = "NAME=N", value_parser = name_weight)]
     pub weights: Vec<(String, u32)>,
 
@@ -72,6 +73,8 @@ pub struct Args {
     /// cookies, all verify them. Blank lines and lines starting with `#`
     /// are skipped. Without it, the STICKY_SECRET environment
     /// variable; without either, a random key (replicas will not agree).
+    /// To rotate across replicas, first give every replica the new secret
+    /// as its second line, then, once all have it, make it the first.
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
 

@@ -73,6 +73,13 @@ struct RingKey {
 /// as long as tokens signed with it should stay valid. Each key's id is
 /// derived from the secret itself, so reordering the ring changes nothing.
 ///
+/// Replicas that share sessions rotate in two steps, each rolled out to
+/// every replica before the next: first list the new secret second (the
+/// old one still signs; both verify), then move it first. A replica that
+/// signs with the new secret re-signs the tokens it sees, and a replica
+/// that does not know it yet would take those for forgeries and move their
+/// sessions.
+///
 /// `Debug` shows how many keys there are, never the secrets.
 #[derive(Clone)]
 pub struct KeyRing {
