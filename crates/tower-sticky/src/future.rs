@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::header::{HeaderValue, CACHE_CONTROL, SET_COOKIE};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use sticky_core::{Decision, InFlight, Keys, Outcome};
+use sticky_core::{BackendStats, Decision, HealthPolicy, InFlight, Keys, Outcome};
 use tower_service::Service;
 
 use crate::affinity::{KeySource, Sources};
@@ -127,12 +127,39 @@ impl<S> Ctx<S> {
             return;
         }
         if let Some(in_flight) = &self.in_flight {
-            let policy = &self.table.snapshot.config().health;
-            if connection_refused(error) {
-                in_flight.stats().record_refused(policy, self.now);
-            } else {
-                in_flight.stats().record_failure(policy, self.now);
+            self.health_change(in_flight.stats(), |stats, policy, now| {
+                if connection_refused(error) {
+                    stats.record_refused(policy, now);
+                } else {
+                    stats.record_failure(policy, now);
+                }
+            });
+        }
+    }
+
+    /// Applies `record` to the backend's health, and logs when that takes
+    /// the backend out of service or returns it: operators need to know,
+    /// and it happens at most once per cooldown.
+    fn health_change(
+        &self,
+        stats: &BackendStats,
+        record: impl FnOnce(&BackendStats, &HealthPolicy, Duration),
+    ) {
+        let policy = &self.table.snapshot.config().health;
+        let was_down = stats.is_down(self.now);
+        record(stats, policy, self.now);
+        let backend = self.backend_id().map_or("?", |b| b.as_str());
+        match (was_down, stats.is_down(self.now)) {
+            (false, true) => tracing::warn!(
+                backend,
+                failures_in_a_row = policy.failure_threshold,
+                cooldown_secs = policy.cooldown.as_secs(),
+                "backend taken out of service by passive health"
+            ),
+            (true, false) => {
+                tracing::info!(backend, "backend back in service: its probe succeeded")
             }
+            _ => {}
         }
     }
 
@@ -195,11 +222,9 @@ impl<S> Ctx<S> {
         let in_flight = self.in_flight.take();
         if let Some(in_flight) = &in_flight {
             if config.failure_statuses.contains(&response.status()) {
-                in_flight
-                    .stats()
-                    .record_failure(&self.table.snapshot.config().health, self.now);
+                self.health_change(in_flight.stats(), BackendStats::record_failure);
             } else {
-                in_flight.stats().record_success();
+                self.health_change(in_flight.stats(), |stats, _, _| stats.record_success());
             }
         }
         let backend = self.backend_id().cloned().unwrap_or_else(|| "?".into());

@@ -1145,6 +1145,68 @@ async fn errors_left_out_of_health_keep_the_backend_in_service() {
     assert_eq!(state(), sticky_core::BackendState::Unhealthy);
 }
 
+/// Counts the events at one level.
+struct EventCount(tracing::Level, Arc<AtomicUsize>);
+
+impl tracing::Subscriber for EventCount {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == self.0 {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Passive health taking a backend out is logged, once, as a warning:
+/// operators see it without debug logs.
+#[test]
+fn a_backend_taken_out_by_passive_health_is_logged_once() {
+    let failing = Svc::new(service_fn(|_r: Request<String>| async {
+        let mut r = Response::new(String::new());
+        *r.status_mut() = StatusCode::BAD_GATEWAY;
+        Ok::<_, BoxError>(r)
+    }));
+    let health = HealthPolicy {
+        failure_threshold: 2,
+        cooldown: std::time::Duration::from_secs(3600),
+    };
+    let backends = Backends::new(
+        config_with(&[SECRET]).health(health),
+        [
+            (BackendSpec::new("bad"), failing),
+            (BackendSpec::new("good"), named("good")),
+        ],
+    )
+    .unwrap();
+    let service = Sticky::new(backends.clone());
+    let warnings = Arc::new(AtomicUsize::new(0));
+    let subscriber = EventCount(tracing::Level::WARN, Arc::clone(&warnings));
+    tracing::subscriber::with_default(subscriber, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for _ in 0..10 {
+                get(&service, None).await;
+            }
+        });
+    });
+    assert_eq!(
+        backends.status()[0].state,
+        sticky_core::BackendState::Unhealthy
+    );
+    assert_eq!(warnings.load(Ordering::SeqCst), 1);
+}
+
 /// A backend whose own stack times the request out answers 504; a
 /// request no backend can take answers 503 with its outcome attached.
 #[tokio::test]
