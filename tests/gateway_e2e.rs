@@ -630,6 +630,46 @@ async fn websocket_echo_stays_on_the_session_backend() {
     assert_eq!(homes.len(), 3, "{homes:?}");
 }
 
+/// An open WebSocket is load on its backend: counted in flight while its
+/// tunnel is open, not only until its 101 is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_counts_as_in_flight_until_it_closes() {
+    use tokio_tungstenite::tungstenite;
+    use tungstenite::client::IntoClientRequest;
+
+    async fn in_flight(gateway: &Gateway) -> u64 {
+        let (_, list) = gateway.admin(Method::GET, "/backends", "").await;
+        list[0]["counters"]["in_flight"].as_u64().unwrap()
+    }
+
+    let servers = backends(&["b1"]).await;
+    let gateway = Gateway::start(&[&servers[0]], &[]).await;
+    let (opened_tx, opened) = tokio::sync::oneshot::channel();
+    let (close, close_rx) = std::sync::mpsc::channel::<()>();
+    let addr = gateway.addr;
+    let client = tokio::task::spawn_blocking(move || {
+        let request = format!("ws://{addr}/ws").into_client_request().unwrap();
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let (mut socket, response) = tungstenite::client(request, stream).unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        socket.send(tungstenite::Message::text("hi")).unwrap();
+        while !matches!(socket.read().unwrap(), tungstenite::Message::Text(_)) {}
+        opened_tx.send(()).unwrap();
+        close_rx.recv_timeout(DEADLINE).unwrap();
+        let _ = socket.close(None);
+        while socket.read().is_ok() {}
+    });
+    opened.await.unwrap();
+    assert_eq!(in_flight(&gateway).await, 1, "the open WebSocket counts");
+    close.send(()).unwrap();
+    client.await.unwrap();
+    wait_until("the closed WebSocket to stop counting", || async {
+        in_flight(&gateway).await == 0
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------- logging
 
 /// With `RUST_LOG=tower_sticky=debug` the log has a line for each request

@@ -328,17 +328,19 @@ async fn serve(
             if let Some(upload) = upload {
                 request.extensions_mut().insert(upload);
             }
-            if request.headers().contains_key(http::header::UPGRADE) {
-                request
-                    .extensions_mut()
-                    .insert(proxy::Drain::new(drain.clone()));
+            let tunnel = request
+                .headers()
+                .contains_key(http::header::UPGRADE)
+                .then(|| proxy::Drain::new(drain.clone()));
+            if let Some(tunnel) = &tunnel {
+                request.extensions_mut().insert(tunnel.clone());
             }
             let call = match refusal(&request) {
                 None => Ok(sticky.clone().oneshot(request)),
                 Some(refused) => Err(refused),
             };
             async move {
-                let response = match call {
+                let mut response = match call {
                     Ok(call) => call
                         .await
                         .unwrap_or_else(|error| error_response(error).map(ResponseBody::new)),
@@ -347,6 +349,15 @@ async fn serve(
                         proxy::text(status, why).map(ResponseBody::new)
                     }
                 };
+                // A WebSocket is under way on its backend until its tunnel
+                // closes, not when the empty body of its 101 ends.
+                if let Some(tunnel) = tunnel {
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(in_flight) = response.body_mut().take_in_flight() {
+                            tunnel.keep(in_flight);
+                        }
+                    }
+                }
                 Ok::<_, Infallible>(response.map(|body| started.track(body)))
             }
         });

@@ -49,6 +49,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use tower::Service;
+use tower_sticky::sticky_core::InFlight;
 use tower_sticky::{BoxError, Unsent};
 
 use crate::client::Uploading;
@@ -56,16 +57,29 @@ use crate::stall::{Stall, Watched};
 
 /// Carried by an upgrade request: the gateway's shutdown waits for it to
 /// be dropped, so that a tunnel (a WebSocket) it is held by may finish in
-/// the time given to requests under way, rather than be cut at once.
+/// the time given to requests under way, rather than be cut at once. It
+/// also keeps the request counted as in flight on its backend while the
+/// tunnel is open (see [`Drain::keep`]).
 #[derive(Clone)]
 pub struct Drain {
     _held: tokio::sync::watch::Receiver<bool>,
+    load: Arc<Mutex<Option<InFlight>>>,
 }
 
 impl Drain {
     /// Holds `stop`, the receiver the gateway's shutdown waits on.
     pub fn new(stop: tokio::sync::watch::Receiver<bool>) -> Self {
-        Drain { _held: stop }
+        Drain {
+            _held: stop,
+            load: Arc::default(),
+        }
+    }
+
+    /// Keeps the request's in-flight count until the last clone is
+    /// dropped: the tunnel's, when it closes (or this one's, if the tunnel
+    /// never opened).
+    pub fn keep(&self, in_flight: InFlight) {
+        *self.load.lock().unwrap_or_else(|e| e.into_inner()) = Some(in_flight);
     }
 }
 

@@ -49,6 +49,14 @@ impl<B> ResponseBody<B> {
     pub fn into_inner(self) -> B {
         self.inner
     }
+
+    /// Takes the guard that counts the request as in flight, for an
+    /// exchange that goes on past the body: a `101 Switching Protocols`
+    /// whose tunnel (a WebSocket) you run. Keep it for as long as the
+    /// tunnel is open; the body then counts nothing.
+    pub fn take_in_flight(&mut self) -> Option<InFlight> {
+        self.in_flight.take()
+    }
 }
 
 impl<B: Body> Body for ResponseBody<B> {
