@@ -127,13 +127,19 @@ impl<S> Ctx<S> {
             return;
         }
         if let Some(in_flight) = &self.in_flight {
-            self.health_change(in_flight.stats(), |stats, policy, now| {
-                if connection_refused(error) {
-                    stats.record_refused(policy, now);
-                } else {
-                    stats.record_failure(policy, now);
-                }
-            });
+            if connection_refused(error) {
+                self.health_change(
+                    in_flight.stats(),
+                    "it refused a connection",
+                    BackendStats::record_refused,
+                );
+            } else {
+                self.health_change(
+                    in_flight.stats(),
+                    "failures in a row",
+                    BackendStats::record_failure,
+                );
+            }
         }
     }
 
@@ -143,6 +149,7 @@ impl<S> Ctx<S> {
     fn health_change(
         &self,
         stats: &BackendStats,
+        why: &'static str,
         record: impl FnOnce(&BackendStats, &HealthPolicy, Duration),
     ) {
         let policy = &self.table.snapshot.config().health;
@@ -152,7 +159,8 @@ impl<S> Ctx<S> {
         match (was_down, stats.is_down(self.now)) {
             (false, true) => tracing::warn!(
                 backend,
-                failures_in_a_row = policy.failure_threshold,
+                why,
+                failure_threshold = policy.failure_threshold,
                 cooldown_secs = policy.cooldown.as_secs(),
                 "backend taken out of service by passive health"
             ),
@@ -222,9 +230,11 @@ impl<S> Ctx<S> {
         let in_flight = self.in_flight.take();
         if let Some(in_flight) = &in_flight {
             if config.failure_statuses.contains(&response.status()) {
-                self.health_change(in_flight.stats(), BackendStats::record_failure);
+                let why = "failing statuses in a row";
+                self.health_change(in_flight.stats(), why, BackendStats::record_failure);
             } else {
-                self.health_change(in_flight.stats(), |stats, _, _| stats.record_success());
+                let record = |stats: &BackendStats, _: &HealthPolicy, _| stats.record_success();
+                self.health_change(in_flight.stats(), "", record);
             }
         }
         let backend = self.backend_id().cloned().unwrap_or_else(|| "?".into());
