@@ -298,10 +298,12 @@ async fn strict_failover_answers_503_for_sessions_of_a_stopped_backend() {
 
     servers[0].stop().await;
 
+    let mut unavailable = 0;
     for round in 0..3 {
         for (browser, home) in &mut sessions {
             let reply = browser.get("/").await;
             if home == "b1" {
+                unavailable += 1;
                 assert_eq!(
                     reply.status,
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -318,6 +320,14 @@ async fn strict_failover_answers_503_for_sessions_of_a_stopped_backend() {
     let homes = homes_of_new_clients(&gateway, 30).await;
     assert!(!homes.contains_key("b1"), "{homes:?}");
     assert_eq!(homes.values().sum::<usize>(), 30);
+
+    // Operators see the 503s in the metrics.
+    let (_, _, metrics) = gateway.admin_text(Method::GET, "/metrics", "").await;
+    let line = format!("sticky_gateway_error_answers_total{{status=\"503\"}} {unavailable}");
+    assert!(
+        unavailable > 0 && metrics.lines().any(|l| l == line),
+        "{line} in\n{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

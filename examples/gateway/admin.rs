@@ -76,7 +76,10 @@
 //! backend's state and 0 for the others), and `sticky_backend_info` with
 //! its URL and group. Each is labelled `backend="NAME"`. A backend removed
 //! and added again starts its counters from 0, which Prometheus's `rate`
-//! and `increase` read as a reset.
+//! and `increase` read as a reset. `sticky_gateway_error_answers_total`,
+//! labelled `status="502"`, `"503"` or `"504"`, counts the answers the
+//! gateway made itself because no backend did (a request no backend
+//! could take counts here and nowhere else).
 //!
 //! Each change answers with the backend as it is after the change (removal
 //! answers `{"removed": "b3"}`) and takes effect for the next request the
@@ -571,6 +574,19 @@ fn render_metrics(backends: &[BackendJson]) -> String {
             label_value(&b.name),
             label_value(&b.url),
             label_value(b.group.as_deref().unwrap_or("")),
+        );
+    }
+    out.push_str(
+        "# HELP sticky_gateway_error_answers_total Answers the gateway made itself because no \
+         backend did: 502 a backend failed, 503 no backend could take the request, 504 a \
+         backend did not answer in time.\n",
+    );
+    out.push_str("# TYPE sticky_gateway_error_answers_total counter\n");
+    for (status, count) in crate::proxy::ERROR_ANSWERS.counts() {
+        let status = status.as_u16();
+        let _ = writeln!(
+            out,
+            "sticky_gateway_error_answers_total{{status=\"{status}\"}} {count}"
         );
     }
     out

@@ -541,6 +541,7 @@ fn error_response(error: Error) -> http::Response<proxy::Body> {
         ),
     };
     tracing::warn!(%error, status = status.as_u16(), "request failed: {message}");
+    proxy::ERROR_ANSWERS.count(status);
     proxy::text(status, message)
 }
 

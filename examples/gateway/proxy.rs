@@ -55,6 +55,41 @@ use tower_sticky::{BoxError, Unsent};
 use crate::client::Uploading;
 use crate::stall::{Stall, Watched};
 
+/// Answers the gateway made itself because no backend answered, by
+/// status, for `/metrics`. One gateway per process, so one count.
+pub static ERROR_ANSWERS: ErrorAnswers = ErrorAnswers::new();
+
+/// See [`ERROR_ANSWERS`].
+pub struct ErrorAnswers([std::sync::atomic::AtomicU64; 3]);
+
+impl ErrorAnswers {
+    /// The statuses counted.
+    pub const STATUSES: [StatusCode; 3] = [
+        StatusCode::BAD_GATEWAY,
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::GATEWAY_TIMEOUT,
+    ];
+
+    const fn new() -> Self {
+        Self([const { std::sync::atomic::AtomicU64::new(0) }; 3])
+    }
+
+    /// Counts an answer with `status`, if it is one of [`Self::STATUSES`].
+    pub fn count(&self, status: StatusCode) {
+        if let Some(i) = Self::STATUSES.iter().position(|&s| s == status) {
+            self.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Each status and its count.
+    pub fn counts(&self) -> [(StatusCode, u64); 3] {
+        std::array::from_fn(|i| {
+            let n = self.0[i].load(std::sync::atomic::Ordering::Relaxed);
+            (Self::STATUSES[i], n)
+        })
+    }
+}
+
 /// Carried by an upgrade request: the gateway's shutdown waits for it to
 /// be dropped, so that a tunnel (a WebSocket) it is held by may finish in
 /// the time given to requests under way, rather than be cut at once. It
