@@ -544,6 +544,14 @@ async fn a_backend_that_cannot_be_reached_is_named_so() {
     let reply = gateway.browser().get("/").await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(reply.body, "the backend could not be reached\n");
+    // The log says why, for the operator.
+    wait_until("the failure in the log", || async {
+        gateway
+            .log()
+            .lines()
+            .any(|l| l.contains("request failed") && l.contains("cause=Connection refused"))
+    })
+    .await;
 }
 
 /// Trailers are end to end (RFC 9110, 6.5): a backend's reach a client that

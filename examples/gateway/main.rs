@@ -540,9 +540,20 @@ fn error_response(error: Error) -> http::Response<proxy::Body> {
             "the backend closed the connection without an answer, or with one that cannot be passed on",
         ),
     };
-    tracing::warn!(%error, status = status.as_u16(), "request failed: {message}");
+    let cause = root_cause(&error);
+    tracing::warn!(%error, %cause, status = status.as_u16(), "request failed: {message}");
     proxy::ERROR_ANSWERS.count(status);
     proxy::text(status, message)
+}
+
+/// The innermost error under `error`: what went wrong, without the
+/// wrappers' words (each of which repeats its source's).
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
 }
 
 /// Binds `address` (or exits naming `flag`); returns the listener and the
