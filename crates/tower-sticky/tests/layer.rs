@@ -53,6 +53,28 @@ fn backends_of(config: PoolConfig, names: &[&'static str]) -> Backends<Svc> {
     .unwrap()
 }
 
+/// Passive health that rests a backend for an hour (longer than any test)
+/// after `failures` in a row.
+fn resting_after(failures: u32) -> HealthPolicy {
+    HealthPolicy {
+        failure_threshold: failures,
+        cooldown: std::time::Duration::from_secs(3600),
+    }
+}
+
+/// `failing` (named `name`) and a backend `ok` that always answers, under
+/// `health`.
+fn beside_a_healthy_one(name: &'static str, failing: Svc, health: HealthPolicy) -> Backends<Svc> {
+    Backends::new(
+        config_with(&[SECRET]).health(health),
+        [
+            (BackendSpec::new(name), failing),
+            (BackendSpec::new("ok"), named("ok")),
+        ],
+    )
+    .unwrap()
+}
+
 fn three() -> Backends<Svc> {
     backends_of(config_with(&[SECRET]), &["b1", "b2", "b3"])
 }
@@ -1073,10 +1095,7 @@ async fn a_request_shed_by_a_busy_backend_is_503_and_not_a_health_failure() {
                 Ok::<_, BoxError>(Response::new("busy".to_string()))
             }
         }));
-    let health = HealthPolicy {
-        failure_threshold: 1,
-        cooldown: std::time::Duration::from_secs(3600),
-    };
+    let health = resting_after(1);
     let backends = Backends::new(
         config_with(&[SECRET]).health(health),
         [(BackendSpec::new("busy"), Svc::new(busy))],
@@ -1121,10 +1140,7 @@ async fn errors_left_out_of_health_keep_the_backend_in_service() {
             _ => Err("broken".into()),
         }
     }));
-    let health = HealthPolicy {
-        failure_threshold: 2,
-        cooldown: std::time::Duration::from_secs(3600),
-    };
+    let health = resting_after(2);
     let backends = Backends::new(
         config_with(&[SECRET]).health(health),
         [(BackendSpec::new("slow"), failing)],
@@ -1175,18 +1191,7 @@ fn a_backend_taken_out_by_passive_health_is_logged_once() {
         *r.status_mut() = StatusCode::BAD_GATEWAY;
         Ok::<_, BoxError>(r)
     }));
-    let health = HealthPolicy {
-        failure_threshold: 2,
-        cooldown: std::time::Duration::from_secs(3600),
-    };
-    let backends = Backends::new(
-        config_with(&[SECRET]).health(health),
-        [
-            (BackendSpec::new("bad"), failing),
-            (BackendSpec::new("good"), named("good")),
-        ],
-    )
-    .unwrap();
+    let backends = beside_a_healthy_one("bad", failing, resting_after(2));
     let service = Sticky::new(backends.clone());
     let warnings = Arc::new(AtomicUsize::new(0));
     let subscriber = EventCount(tracing::Level::WARN, Arc::clone(&warnings));
@@ -1363,18 +1368,7 @@ async fn failing_statuses_take_a_backend_out_and_its_sessions_fail_over() {
             Ok::<_, BoxError>(r)
         }
     }));
-    let health = HealthPolicy {
-        failure_threshold: 3,
-        cooldown: std::time::Duration::from_secs(3600),
-    };
-    let backends = Backends::new(
-        config_with(&[SECRET]).health(health),
-        [
-            (BackendSpec::new("broken"), broken),
-            (BackendSpec::new("ok"), named("ok")),
-        ],
-    )
-    .unwrap();
+    let backends = beside_a_healthy_one("broken", broken, resting_after(3));
     let service = Sticky::new(backends.clone());
     let mut cookie = None;
     while cookie.is_none() {
