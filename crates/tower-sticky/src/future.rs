@@ -155,8 +155,12 @@ impl<S> Ctx<S> {
         let policy = &self.table.snapshot.config().health;
         let was_down = stats.is_down(self.now);
         record(stats, policy, self.now);
+        let is_down = stats.is_down(self.now);
+        if was_down == is_down {
+            return;
+        }
         let backend = self.backend_id().map_or("?", |b| b.as_str());
-        match (was_down, stats.is_down(self.now)) {
+        match (was_down, is_down) {
             (false, true) => tracing::warn!(
                 backend,
                 why,
