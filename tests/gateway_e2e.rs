@@ -641,7 +641,8 @@ async fn websocket_echo_stays_on_the_session_backend() {
 }
 
 /// An open WebSocket is load on its backend: counted in flight while its
-/// tunnel is open, not only until its 101 is written.
+/// tunnel is open, not only until its 101 is written. Also when its first
+/// backend refused the connection and the layer placed it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_websocket_counts_as_in_flight_until_it_closes() {
     use tokio_tungstenite::tungstenite;
@@ -652,8 +653,12 @@ async fn an_open_websocket_counts_as_in_flight_until_it_closes() {
         list[0]["counters"]["in_flight"].as_u64().unwrap()
     }
 
+    // A backend that refuses connections and takes nearly every new
+    // session: the WebSocket is placed there first, then again on b1.
     let servers = backends(&["b1"]).await;
-    let gateway = Gateway::start(&[&servers[0]], &[]).await;
+    let mut gone = Backend::start("gone").await;
+    gone.stop().await;
+    let gateway = Gateway::start(&[&servers[0], &gone], &["--weight", "gone=256"]).await;
     let (opened_tx, opened) = tokio::sync::oneshot::channel();
     let (close, close_rx) = std::sync::mpsc::channel::<()>();
     let addr = gateway.addr;
@@ -664,7 +669,12 @@ async fn an_open_websocket_counts_as_in_flight_until_it_closes() {
         let (mut socket, response) = tungstenite::client(request, stream).unwrap();
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         socket.send(tungstenite::Message::text("hi")).unwrap();
-        while !matches!(socket.read().unwrap(), tungstenite::Message::Text(_)) {}
+        let echo = loop {
+            if let tungstenite::Message::Text(text) = socket.read().unwrap() {
+                break text.as_str().to_owned();
+            }
+        };
+        assert_eq!(echo, "b1: hi");
         opened_tx.send(()).unwrap();
         close_rx.recv_timeout(DEADLINE).unwrap();
         let _ = socket.close(None);

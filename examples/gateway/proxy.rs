@@ -411,9 +411,19 @@ impl Upstream {
     async fn forward(self, mut request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
         let upgrade = is_upgrade(request.headers());
         prepare(&mut request, &self.inner, upgrade);
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        // Copies, not taken from the request: a request that comes back
+        // unsent, for the layer to place on another backend, still carries
+        // them, and its tunnel can open there.
+        let client_upgrade = upgrade.then(|| {
+            request
+                .extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .cloned()
+                // None: the tunnel then reports that no upgrade was available.
+                .unwrap_or_else(|| hyper::upgrade::on(Request::new(())))
+        });
         let drain = upgrade
-            .then(|| request.extensions_mut().remove::<Drain>())
+            .then(|| request.extensions().get::<Drain>().cloned())
             .flatten();
         let (mut request, mut handed_over) = Outgoing::wrap(request);
 
