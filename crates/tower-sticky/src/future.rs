@@ -144,8 +144,9 @@ impl<S> Ctx<S> {
     }
 
     /// Applies `record` to the backend's health, and logs when that takes
-    /// the backend out of service or returns it: operators need to know,
-    /// and it happens at most once per cooldown.
+    /// the backend out of service or returns it: operators need to know.
+    /// (A success returns it, the half-open probe's or that of a request
+    /// sent before it was taken out.)
     fn health_change(
         &self,
         stats: &BackendStats,
@@ -169,7 +170,10 @@ impl<S> Ctx<S> {
                 "backend taken out of service by passive health"
             ),
             (true, false) => {
-                tracing::info!(backend, "backend back in service: its probe succeeded")
+                tracing::info!(
+                    backend,
+                    "backend back in service: a request to it succeeded"
+                )
             }
             _ => {}
         }
