@@ -494,3 +494,36 @@ async fn a_backend_that_stops_reading_an_upload_gets_504_after_the_backend_timeo
     assert!(started.elapsed() >= Duration::from_secs(1));
     upload.abort();
 }
+
+/// A client that stops its upload part way and closes its side is told
+/// so, and neither the backend's health nor the gateway's error answers
+/// count it: it is the client's doing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_client_breaks_off_is_not_the_backends_failure() {
+    let backend = body_size_backend().await;
+    let gateway = Gateway::start(&[&backend], &[]).await;
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    client.write_all(&[b'a'; 1000]).await.unwrap();
+    client.shutdown().await.unwrap();
+    let (got, closed) = read_to_close(&mut client).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(closed, "{text:?}");
+    assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
+    assert!(
+        text.ends_with("the request body did not arrive whole\n"),
+        "{text:?}"
+    );
+
+    let (_, _, metrics) = gateway.admin_text(Method::GET, "/metrics", "").await;
+    for line in [
+        "sticky_backend_failures_total{backend=\"b1\"} 0",
+        "sticky_gateway_error_answers_total{status=\"502\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    gateway.assert_keeps_serving().await;
+}

@@ -152,6 +152,9 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     let sticky = StickyLayer::new()
         .affinity(chain)
         .client_ip(client_ip)
+        // A client that stopped sending its request body is its own
+        // failure, not the backend's.
+        .failure_errors(|error| !client_body_failed(error))
         .layer(backends.clone());
 
     let (listener, address) = bind(args.listen, "--listen").await;
@@ -475,6 +478,24 @@ fn refusal(request: &Request<Incoming>) -> Option<(http::StatusCode, &'static st
     ))
 }
 
+/// Whether a backend's error comes from the client's request body: the
+/// client closed the connection, or the upload broke off, while the body
+/// was on its way to the backend (hyper's client reports the body it was
+/// given failing as a user error).
+fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// Whether a backend's error is for a request that never reached it.
 fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
     matches!(
@@ -519,6 +540,15 @@ fn is_host(value: &[u8]) -> bool {
 /// all; 504 for a backend that did not answer in time; 502 for a backend
 /// that failed.
 fn error_response(error: Error) -> http::Response<proxy::Body> {
+    if client_body_failed(&error) {
+        // Not the backend's failure, nor an answer for want of one.
+        let cause = root_cause(&error);
+        tracing::debug!(%error, %cause, "request body broke off");
+        return proxy::text(
+            http::StatusCode::BAD_REQUEST,
+            "the request body did not arrive whole",
+        );
+    }
     let (status, message) = match &error {
         Error::Rejected(_) => (error.status(), "no backend can serve this session"),
         Error::Backend { source, .. }
