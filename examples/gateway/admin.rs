@@ -61,8 +61,9 @@
 //!      -H 'content-type: application/json' \
 //!      -d '{"name": "b3", "url": "http://127.0.0.1:3003", "weight": 2, "group": "v2"}'
 //!
-//! # Set group v2's weight (0 to 256, relative to the other groups'):
-//! # answers with the group's backends.
+//! # Set group v2's weight (0 to 256, relative to the other groups'; it
+//! # holds for backends added to the group later too): answers with the
+//! # weight and the group's backends.
 //! curl -s -X POST http://127.0.0.1:9000/groups/v2/weight/1
 //!
 //! # Remove a backend: its sessions fail over on their next request.
@@ -331,18 +332,22 @@ async fn undrain(
     State(admin): State<Admin>,
     PathParams(name): PathParams<String>,
 ) -> Result<Json<BackendJson>, ApiError> {
-    let state = admin
+    let set = admin
         .backends
         .snapshot()
         .member_by_name(&name)
         .map(|member| member.spec().state)
         .ok_or_else(|| ApiError::unknown(&name))?;
-    if state != BackendState::Draining {
+    if set != BackendState::Draining {
+        // Named as the listing shows it (passive health included).
+        let shown = admin.backend(&name)?.0;
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
-                "{name:?} is {}, not draining; POST /backends/{name}/enable returns it to service",
-                state.as_str()
+                "{name:?} is not draining (state {}, weight {}); POST /backends/{name}/enable \
+                 returns a disabled or unhealthy backend to service, and \
+                 POST /backends/{name}/weight/N sets a weight of 0 to more",
+                shown.state, shown.weight
             ),
         ));
     }
@@ -360,26 +365,40 @@ async fn enable(
     admin.change(&name, "enabled", Backends::enable)
 }
 
-/// Sets a group's weight (`--group-weight` at run time).
+/// A group's weight and its backends, as `POST /groups/...` answers.
+#[derive(Serialize)]
+struct GroupJson {
+    group: String,
+    weight: u32,
+    backends: Vec<BackendJson>,
+}
+
+/// Sets a group's weight (`--group-weight` at run time), also for a group
+/// with no backend yet (or no more): the weight holds for those added to
+/// it later.
 async fn set_group_weight(
     State(admin): State<Admin>,
     PathParams((group, weight)): PathParams<(String, String)>,
-) -> Result<Json<Vec<BackendJson>>, ApiError> {
+) -> Result<Json<GroupJson>, ApiError> {
     let weight = parse_weight(&weight)?;
-    let members: Vec<BackendJson> = admin
-        .all()
-        .into_iter()
-        .filter(|b| b.group.as_deref() == Some(group.as_str()))
-        .collect();
-    if members.is_empty() {
+    if group.is_empty() {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no backend is in group {group:?}"),
+            StatusCode::BAD_REQUEST,
+            "a group name cannot be empty",
         ));
     }
     admin.backends.set_group_weight(group.as_str(), weight)?;
     tracing::info!(%group, weight, "admin: group weight set");
-    Ok(Json(members))
+    let backends = admin
+        .all()
+        .into_iter()
+        .filter(|b| b.group.as_deref() == Some(group.as_str()))
+        .collect();
+    Ok(Json(GroupJson {
+        group,
+        weight,
+        backends,
+    }))
 }
 
 async fn set_weight(
@@ -446,6 +465,12 @@ async fn add(
     let url = upstream.url().to_owned();
     let mut spec = BackendSpec::new(new.name.as_str()).weight(new.weight);
     if let Some(group) = &new.group {
+        if group.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "a group name cannot be empty; leave \"group\" out for none",
+            ));
+        }
         spec = spec.group(group.as_str());
     }
     admin.backends.add(spec, upstream)?;
@@ -817,10 +842,14 @@ mod tests {
             let uri = format!("/backends/{name}/undrain");
             let (status, error) = json_call(&admin, Method::POST, &uri, "").await;
             assert_eq!(status, StatusCode::CONFLICT, "{name}");
-            assert!(
-                error["error"].as_str().unwrap().contains("not draining"),
-                "{error}"
-            );
+            let message = error["error"].as_str().unwrap();
+            assert!(message.contains("not draining"), "{error}");
+            let shown = if name == "b1" {
+                "state active"
+            } else {
+                "state disabled"
+            };
+            assert!(message.contains(shown), "{error}");
         }
         let (_, list) = json_call(&admin, Method::GET, "/backends", "").await;
         assert_eq!(list[1]["state"], "disabled");
@@ -837,12 +866,22 @@ mod tests {
             (status, &c1["group"]),
             (StatusCode::CREATED, &json!("canary"))
         );
-        let (status, members) =
-            json_call(&admin, Method::POST, "/groups/canary/weight/0", "").await;
+        let (status, group) = json_call(&admin, Method::POST, "/groups/canary/weight/0", "").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(members[0]["name"], "c1");
-        let (status, error) = json_call(&admin, Method::POST, "/groups/nope/weight/1", "").await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+        assert_eq!(
+            (&group["weight"], &group["backends"][0]["name"]),
+            (&json!(0), &json!("c1"))
+        );
+        // A group with no backend (yet, or any more) keeps its weight.
+        let (status, group) = json_call(&admin, Method::POST, "/groups/later/weight/2", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (&group["weight"], &group["backends"]),
+            (&json!(2), &json!([]))
+        );
+        let body = r#"{"name": "e1", "url": "http://127.0.0.1:13", "group": ""}"#;
+        let (status, _) = json_call(&admin, Method::POST, "/backends", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "an empty group name");
         let (status, _) = json_call(&admin, Method::POST, "/groups/canary/weight/999", "").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
