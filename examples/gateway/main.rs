@@ -483,17 +483,10 @@ fn refusal(request: &Request<Incoming>) -> Option<(http::StatusCode, &'static st
 /// was on its way to the backend (hyper's client reports the body it was
 /// given failing as a user error).
 fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if error
-            .downcast_ref::<hyper::Error>()
+    proxy::error_chain(error).any(|e| {
+        e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_user)
-        {
-            return true;
-        }
-        next = error.source();
-    }
-    false
+    })
 }
 
 /// Whether a backend's error is for a request that never reached it.
@@ -579,11 +572,9 @@ fn error_response(error: Error) -> http::Response<proxy::Body> {
 /// The innermost error under `error`: what went wrong, without the
 /// wrappers' words (each of which repeats its source's).
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(inner) = cause.source() {
-        cause = inner;
-    }
-    cause.to_string()
+    proxy::error_chain(error)
+        .last()
+        .map_or_else(String::new, ToString::to_string)
 }
 
 /// Binds `address` (or exits naming `flag`); returns the listener and the

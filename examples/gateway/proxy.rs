@@ -1015,22 +1015,24 @@ impl Outgoing {
 /// the connection closed: the backend's end of an idle connection, not a
 /// fault in the request or the response.
 fn closed_unanswered(error: &hyper::Error) -> bool {
-    if error.is_incomplete_message() {
-        return true;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(error) = source {
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-            );
-        }
-        source = error.source();
-    }
-    false
+    error.is_incomplete_message()
+        || error_chain(error)
+            .find_map(|e| e.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                )
+            })
+}
+
+/// `error` and the errors under it (its `source()`s), outermost first.
+pub fn error_chain<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| (*e).source())
 }
 
 impl hyper::body::Body for Outgoing {
