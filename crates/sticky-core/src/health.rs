@@ -23,7 +23,7 @@
 //! let later = t0 + Duration::from_secs(10);
 //! assert!(stats.admit(&policy, later), "after the cooldown one probe goes through");
 //! assert!(!stats.admit(&policy, later), "but only one");
-//! stats.record_success();
+//! stats.record_success(later);
 //! assert!(stats.admit(&policy, later), "the probe succeeded: healthy again");
 //! ```
 
@@ -155,16 +155,28 @@ impl BackendStats {
         take_back(&self.new_sessions);
     }
 
-    /// Records a successful request: resets the failure streak and restores
-    /// an unhealthy backend.
-    pub fn record_success(&self) {
+    /// Records a request that succeeded at `now`: resets the failure
+    /// streak, and restores a resting backend once its cooldown is over
+    /// (the half-open probe's success, or any after it). A success during
+    /// the rest, of a request sent before it began, does not end it: a
+    /// backend that refuses new connections while finishing the requests
+    /// it has stays out for its cooldown instead of flapping back in.
+    pub fn record_success(&self, now: Duration) {
         if self.consecutive_failures.load(Relaxed) != 0 {
             self.consecutive_failures.store(0, Relaxed);
         }
-        if self.down_until_ms.load(Relaxed) != 0 {
-            self.down_until_ms.store(0, Relaxed);
-            self.probe_at_ms.store(0, Relaxed);
+        let until = self.down_until_ms.load(Relaxed);
+        if until != 0 && millis(now) >= until {
+            self.restore();
         }
+    }
+
+    /// Ends any rest at once, as an operator's word that the backend is
+    /// back does, and resets the failure streak.
+    pub fn restore(&self) {
+        self.consecutive_failures.store(0, Relaxed);
+        self.down_until_ms.store(0, Relaxed);
+        self.probe_at_ms.store(0, Relaxed);
     }
 
     /// Records a failed request at `now` (time since the Unix epoch).
@@ -266,10 +278,32 @@ mod tests {
         let now = Duration::from_secs(100);
         s.record_failure(&policy(), now);
         s.record_failure(&policy(), now);
-        s.record_success();
+        s.record_success(now);
         s.record_failure(&policy(), now);
         assert!(s.admit(&policy(), now));
         assert_eq!(s.counters().failures, 3);
+    }
+
+    /// A request sent before the rest that succeeds during it does not
+    /// end the rest; the probe's success after the cooldown does.
+    #[test]
+    fn only_a_success_after_the_cooldown_ends_a_rest() {
+        let s = BackendStats::default();
+        let now = Duration::from_secs(100);
+        s.record_refused(&policy(), now);
+        s.record_success(now + Duration::from_secs(1));
+        assert!(s.is_down(now + Duration::from_secs(1)), "still resting");
+        let later = now + Duration::from_secs(5);
+        assert!(s.admit(&policy(), later), "the probe");
+        s.record_success(later);
+        assert!(!s.is_down(later));
+        assert!(s.admit(&policy(), later));
+        s.record_refused(&policy(), later);
+        s.restore();
+        assert!(
+            s.admit(&policy(), later),
+            "an operator's restore ends it at once"
+        );
     }
 
     #[test]

@@ -157,7 +157,7 @@ fn passive_health_fails_over_then_probes_back() {
     assert_eq!(probe.outcome, Outcome::Hit);
     let next = pool.load().decide(&Keys::new().token(&token), later);
     assert_eq!(next.outcome, Outcome::Failover(Reason::Unhealthy));
-    stats.record_success();
+    stats.record_success(later);
     assert_eq!(
         pool.load()
             .decide(&Keys::new().token(&token), later)

@@ -236,7 +236,7 @@ impl<S: Clone> Backends<S> {
     pub fn enable(&self, name: &str) -> Result<(), ConfigError> {
         self.change(name, |b| b.state = BackendState::Active)?;
         if let Some(member) = self.snapshot().member_by_name(name) {
-            member.stats().record_success();
+            member.stats().restore();
         }
         Ok(())
     }

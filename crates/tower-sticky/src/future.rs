@@ -145,8 +145,8 @@ impl<S> Ctx<S> {
 
     /// Applies `record` to the backend's health, and logs when that takes
     /// the backend out of service or returns it: operators need to know.
-    /// (A success returns it, the half-open probe's or that of a request
-    /// sent before it was taken out.)
+    /// (A success after the cooldown returns it: the half-open probe's, or
+    /// that of a request still under way.)
     fn health_change(
         &self,
         stats: &BackendStats,
@@ -241,7 +241,8 @@ impl<S> Ctx<S> {
                 let why = "failing statuses in a row";
                 self.health_change(in_flight.stats(), why, BackendStats::record_failure);
             } else {
-                let record = |stats: &BackendStats, _: &HealthPolicy, _| stats.record_success();
+                let record =
+                    |stats: &BackendStats, _: &HealthPolicy, now| stats.record_success(now);
                 self.health_change(in_flight.stats(), "", record);
             }
         }
