@@ -1,9 +1,17 @@
-//! Passive health and per-backend counters, all lock-free.
+//! Passive health, active health checks' verdicts and per-backend
+//! counters, all lock-free.
 //!
 //! A backend that fails `failure_threshold` requests in a row is marked
 //! unhealthy for `cooldown`. When the cooldown has passed, exactly one request
 //! is let through as a probe (half-open); its success restores the backend,
 //! its failure starts another cooldown.
+//!
+//! An active health checker (one that requests a health endpoint on its
+//! own schedule) gives its verdict with
+//! [`fail_checks`](BackendStats::fail_checks) and
+//! [`pass_checks`](BackendStats::pass_checks). A backend failing its checks
+//! takes nothing, with no probe, until they pass again; requests' own
+//! results do not bring it back.
 //!
 //! # Example
 //!
@@ -57,7 +65,8 @@ impl Default for HealthPolicy {
 pub struct BackendStats {
     // What every placement reads or bumps comes first: with the Arc's two
     // counts these fill one cache line.
-    /// Milliseconds since the epoch until which the backend rests; 0 = healthy.
+    /// Milliseconds since the epoch until which the backend rests; 0 =
+    /// healthy; [`FAILING_CHECKS`] = out until its health checks pass.
     down_until_ms: AtomicU64,
     /// When the current half-open probe was let through; 0 = none.
     probe_at_ms: AtomicU64,
@@ -88,9 +97,13 @@ pub struct Counters {
     pub in_flight: u64,
 }
 
+/// `down_until_ms` of a backend held out by its health checks: above any
+/// time [`millis`] gives.
+const FAILING_CHECKS: u64 = u64::MAX;
+
 fn millis(t: Duration) -> u64 {
-    // Never 0, which means "healthy" / "no probe".
-    (t.as_millis() as u64).max(1)
+    // Never 0, which means "healthy" / "no probe", nor FAILING_CHECKS.
+    u64::try_from(t.as_millis()).map_or(FAILING_CHECKS - 1, |ms| ms.clamp(1, FAILING_CHECKS - 1))
 }
 
 impl BackendStats {
@@ -166,17 +179,65 @@ impl BackendStats {
             self.consecutive_failures.store(0, Relaxed);
         }
         let until = self.down_until_ms.load(Relaxed);
+        // Never true of FAILING_CHECKS, which no time reaches.
         if until != 0 && millis(now) >= until {
             self.restore();
         }
     }
 
-    /// Ends any rest at once, as an operator's word that the backend is
-    /// back does, and resets the failure streak.
+    /// Ends any rest passive health gave the backend at once, as an
+    /// operator's word that the backend is back does, and resets the
+    /// failure streak. A backend failing its health checks stays out: the
+    /// checks, not the operator, say when it answers again.
     pub fn restore(&self) {
         self.consecutive_failures.store(0, Relaxed);
-        self.down_until_ms.store(0, Relaxed);
+        self.end_rest();
         self.probe_at_ms.store(0, Relaxed);
+    }
+
+    /// Ends a passive-health rest, leaving a health checks' hold alone.
+    fn end_rest(&self) {
+        let _ = self.down_until_ms.fetch_update(Relaxed, Relaxed, |until| {
+            (until != FAILING_CHECKS).then_some(0)
+        });
+    }
+
+    /// Rests the backend until `until` (milliseconds), unless its health
+    /// checks hold it out already.
+    fn rest_until(&self, until: u64) {
+        let _ = self.down_until_ms.fetch_update(Relaxed, Relaxed, |now| {
+            (now != FAILING_CHECKS).then_some(until)
+        });
+        self.probe_at_ms.store(0, Relaxed);
+    }
+
+    /// Takes the backend out on an active health checker's word: no
+    /// requests, not even a half-open probe, until
+    /// [`pass_checks`](Self::pass_checks). This replaces any passive-health
+    /// rest.
+    pub fn fail_checks(&self) {
+        self.down_until_ms.store(FAILING_CHECKS, Relaxed);
+        self.probe_at_ms.store(0, Relaxed);
+    }
+
+    /// Returns a backend held out by [`fail_checks`](Self::fail_checks) to
+    /// service, with a fresh failure streak. Nothing changes for a backend
+    /// that was not failing its checks: a passive-health rest runs its
+    /// course.
+    pub fn pass_checks(&self) {
+        if self
+            .down_until_ms
+            .compare_exchange(FAILING_CHECKS, 0, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+    }
+
+    /// Whether an active health checker holds the backend out
+    /// ([`fail_checks`](Self::fail_checks)).
+    pub fn failing_checks(&self) -> bool {
+        self.down_until_ms.load(Relaxed) == FAILING_CHECKS
     }
 
     /// Records a failed request at `now` (time since the Unix epoch).
@@ -184,9 +245,7 @@ impl BackendStats {
         self.failures.fetch_add(1, Relaxed);
         let streak = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if policy.failure_threshold != 0 && streak >= policy.failure_threshold {
-            self.down_until_ms
-                .store(millis(now.saturating_add(policy.cooldown)), Relaxed);
-            self.probe_at_ms.store(0, Relaxed);
+            self.rest_until(millis(now.saturating_add(policy.cooldown)));
         }
     }
 
@@ -198,14 +257,13 @@ impl BackendStats {
         if policy.failure_threshold != 0 {
             self.consecutive_failures
                 .store(policy.failure_threshold, Relaxed);
-            self.down_until_ms
-                .store(millis(now.saturating_add(policy.cooldown)), Relaxed);
-            self.probe_at_ms.store(0, Relaxed);
+            self.rest_until(millis(now.saturating_add(policy.cooldown)));
         }
     }
 
     /// Whether passive health has the backend resting at `now` (a probe may
-    /// still be due; this does not claim it).
+    /// still be due; this does not claim it), or its health checks hold it
+    /// out.
     pub fn is_down(&self, now: Duration) -> bool {
         let until = self.down_until_ms.load(Relaxed);
         until != 0 && (millis(now) < until || self.probe_at_ms.load(Relaxed) != 0)
@@ -263,6 +321,10 @@ mod tests {
         assert!(!stats.admit(&policy, now + Duration::from_secs(86_400)));
         stats.record_refused(&policy, now);
         assert!(stats.is_down(now));
+        assert!(
+            !stats.failing_checks(),
+            "a rest, however long, is not the checks' hold"
+        );
     }
 
     fn policy() -> HealthPolicy {
@@ -304,6 +366,50 @@ mod tests {
             s.admit(&policy(), later),
             "an operator's restore ends it at once"
         );
+    }
+
+    /// Failing checks hold a backend out with no probe, whatever its
+    /// requests do and however long it rests; passing checks bring it
+    /// back at once, with a fresh streak.
+    #[test]
+    fn failing_checks_hold_a_backend_out_until_they_pass() {
+        let s = BackendStats::default();
+        let now = Duration::from_secs(100);
+        s.fail_checks();
+        assert!(s.failing_checks() && s.is_down(now));
+        let much_later = now + Duration::from_secs(86_400);
+        assert!(!s.admit(&policy(), much_later), "no half-open probe");
+        s.record_success(much_later);
+        s.restore();
+        for _ in 0..3 {
+            s.record_failure(&policy(), now);
+        }
+        s.record_refused(&policy(), now);
+        assert!(
+            !s.admit(&policy(), much_later),
+            "neither requests nor an operator's restore end the checks' hold"
+        );
+        s.pass_checks();
+        assert!(!s.failing_checks());
+        assert!(s.admit(&policy(), now));
+        s.record_failure(&policy(), now);
+        s.record_failure(&policy(), now);
+        assert!(s.admit(&policy(), now), "the streak started again");
+    }
+
+    /// Passing checks leave a passive rest to run its course; failing ones
+    /// replace it.
+    #[test]
+    fn passing_checks_leave_a_passive_rest_alone() {
+        let s = BackendStats::default();
+        let now = Duration::from_secs(100);
+        s.record_refused(&policy(), now);
+        s.pass_checks();
+        assert!(s.is_down(now) && !s.failing_checks());
+        s.fail_checks();
+        assert!(!s.admit(&policy(), now + Duration::from_secs(5)));
+        s.pass_checks();
+        assert!(s.admit(&policy(), now));
     }
 
     #[test]

@@ -207,7 +207,8 @@ impl Member {
     }
 
     /// The state at `now`: the administrative state, or `Unhealthy` while
-    /// passive health has an active or draining backend resting.
+    /// passive health has an active or draining backend resting or its
+    /// health checks fail.
     pub fn state(&self, now: Duration) -> BackendState {
         match self.spec.state {
             BackendState::Active | BackendState::Draining if self.stats.is_down(now) => {

@@ -89,12 +89,16 @@ pub struct BackendStatus {
     pub name: BackendId,
     /// Weight.
     pub weight: u32,
-    /// State now (administrative, or `Unhealthy` from passive health).
+    /// State now (administrative, or `Unhealthy` from passive health or
+    /// failing health checks).
     pub state: BackendState,
     /// Group, if any.
     pub group: Option<GroupId>,
     /// Counters.
     pub counters: Counters,
+    /// Whether an active health checker holds it out
+    /// ([`Backends::set_checks_passing`]).
+    pub failing_checks: bool,
 }
 
 pub(crate) fn wall_clock() -> Duration {
@@ -232,7 +236,8 @@ impl<S: Clone> Backends<S> {
 
     /// Returns a drained, disabled or unhealthy-marked backend to service:
     /// an operator's word that it is back also ends any rest passive
-    /// health gave it.
+    /// health gave it. A backend failing its active health checks stays
+    /// out until they pass.
     pub fn enable(&self, name: &str) -> Result<(), ConfigError> {
         self.change(name, |b| b.state = BackendState::Active)?;
         if let Some(member) = self.snapshot().member_by_name(name) {
@@ -241,10 +246,54 @@ impl<S: Clone> Backends<S> {
         Ok(())
     }
 
-    /// Sets a backend's state directly (an active health checker marks
-    /// `Unhealthy` here).
+    /// Sets a backend's administrative state directly. An active health
+    /// checker reports with [`set_checks_passing`](Self::set_checks_passing)
+    /// instead, which leaves what an operator set alone.
     pub fn set_state(&self, name: &str, state: BackendState) -> Result<(), ConfigError> {
         self.change(name, |b| b.state = state)
+    }
+
+    /// Gives an active health checker's verdict on a backend. While its
+    /// checks fail the backend reads as `Unhealthy` and takes nothing, not
+    /// even a half-open probe: its sessions fail over (or are rejected in
+    /// strict mode). When they pass it returns to its administrative state
+    /// (a drained backend stays draining). Call it after every check: the
+    /// verdict belongs to the backend's counters, and a backend added
+    /// again under the same name starts passing.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
+    /// use sticky_core::{BackendSpec, BackendState, PoolConfig};
+    /// use tower::service_fn;
+    /// use tower_sticky::Backends;
+    ///
+    /// let backend = service_fn(|_req: Request<String>| async {
+    ///     Ok::<_, Infallible>(Response::new(String::new()))
+    /// });
+    /// let keys = KeyRing::new(["a secret shared by every replica"]).unwrap();
+    /// let config = PoolConfig::new(TokenCodec::new(keys, TokenConfig::new("sticky")));
+    /// let backends = Backends::new(config, [(BackendSpec::new("b1"), backend)]).unwrap();
+    /// backends.drain("b1").unwrap();
+    ///
+    /// backends.set_checks_passing("b1", false).unwrap();
+    /// assert_eq!(backends.status()[0].state, BackendState::Unhealthy);
+    /// assert!(backends.status()[0].failing_checks);
+    /// backends.set_checks_passing("b1", true).unwrap();
+    /// assert_eq!(backends.status()[0].state, BackendState::Draining);
+    /// ```
+    pub fn set_checks_passing(&self, name: &str, passing: bool) -> Result<(), ConfigError> {
+        let snapshot = self.snapshot();
+        let member = snapshot
+            .member_by_name(name)
+            .ok_or_else(|| ConfigError::Unknown(name.into()))?;
+        if passing {
+            member.stats().pass_checks();
+        } else {
+            member.stats().fail_checks();
+        }
+        Ok(())
     }
 
     /// Sets a group's weight.
@@ -329,6 +378,7 @@ impl<S> Backends<S> {
                 state: m.state(now),
                 group: snapshot.group_of(i).cloned(),
                 counters: m.counters(),
+                failing_checks: m.stats().failing_checks(),
             })
             .collect()
     }

@@ -157,7 +157,8 @@ impl<S> Ctx<S> {
         let was_down = stats.is_down(self.now);
         record(stats, policy, self.now);
         let is_down = stats.is_down(self.now);
-        if was_down == is_down {
+        // A health checker's verdict in between is the checker's to tell.
+        if was_down == is_down || stats.failing_checks() {
             return;
         }
         let backend = self.backend_id().map_or("?", |b| b.as_str());

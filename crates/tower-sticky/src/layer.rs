@@ -230,7 +230,8 @@ impl StickyLayer {
     /// The price: a server that stops answering altogether then never
     /// leaves service by passive health alone, since its calls end in
     /// exactly those deadlines. Pair it with an active health check
-    /// (`Backends::set_state`), or leave timeouts counted.
+    /// ([`Backends::set_checks_passing`](crate::Backends::set_checks_passing)),
+    /// or leave timeouts counted.
     pub fn failure_errors(self, counts: fn(&(dyn std::error::Error + 'static)) -> bool) -> Self {
         self.edit(|c| c.failure_errors = counts)
     }

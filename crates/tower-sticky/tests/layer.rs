@@ -11,7 +11,9 @@ use std::task::{Context, Poll};
 use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
-use sticky_core::{BackendSpec, FailoverPolicy, HealthPolicy, Outcome, PoolConfig, Reason};
+use sticky_core::{
+    BackendSpec, BackendState, FailoverPolicy, HealthPolicy, Outcome, PoolConfig, Reason,
+};
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_sticky::{
     Affinity, Backends, ClientIp, CookieAttributes, Error, Placement, ResponseBody, Sticky,
@@ -461,6 +463,64 @@ async fn draining_keeps_sessions_and_removal_fails_over_with_a_new_cookie() {
             assert_eq!(&r.into_body(), home);
         }
     }
+}
+
+/// A health checker's verdict moves a backend's sessions off it, keeps
+/// new ones away whatever its requests do meanwhile, and, once it passes,
+/// gives the backend back its own state: a drained one stays draining.
+#[tokio::test]
+async fn failing_health_checks_move_sessions_until_they_pass() {
+    let backends = three();
+    let service = Sticky::new(backends.clone());
+    let mut on_b1 = None;
+    while on_b1.is_none() {
+        let (cookie, home) = session(&service).await;
+        if home == "b1" {
+            on_b1 = Some(cookie);
+        }
+    }
+    let on_b1 = on_b1.unwrap();
+    backends.set_checks_passing("b1", false).unwrap();
+    backends.enable("b1").unwrap();
+    let r = get(&service, Some(&on_b1)).await;
+    assert_eq!(
+        r.extensions().get::<Placement>().unwrap().outcome,
+        Outcome::Failover(Reason::Unhealthy)
+    );
+    let moved = sticky_cookie(&r).expect("a new cookie");
+    assert_ne!(r.into_body(), "b1");
+    for _ in 0..30 {
+        assert_ne!(session(&service).await.1, "b1");
+    }
+    let b1 = |backends: &Backends<Svc>| {
+        backends
+            .status()
+            .into_iter()
+            .find(|s| s.name.as_str() == "b1")
+            .unwrap()
+    };
+    assert!(b1(&backends).failing_checks);
+    assert_eq!(b1(&backends).state, BackendState::Unhealthy);
+
+    backends.drain("b1").unwrap();
+    backends.set_checks_passing("b1", true).unwrap();
+    assert_eq!(b1(&backends).state, BackendState::Draining);
+    assert!(!b1(&backends).failing_checks);
+    backends.enable("b1").unwrap();
+    let mut reached = false;
+    for _ in 0..30 {
+        reached |= session(&service).await.1 == "b1";
+    }
+    assert!(reached, "b1 takes new sessions again");
+    assert_ne!(
+        get(&service, Some(&moved)).await.into_body(),
+        "b1",
+        "moved sessions stay moved"
+    );
+    assert!(
+        backends.set_checks_passing("b9", true).is_err(),
+        "an unknown name"
+    );
 }
 
 #[tokio::test]
