@@ -25,7 +25,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         std::env::temp_dir().join(format!("gateway-cli-short-secret-{}", std::process::id()));
     std::fs::write(&secret, "short\n").unwrap();
     let secret = secret.to_string_lossy().into_owned();
-    let cases: [(&[&str], &str); 20] = [
+    let cases: [(&[&str], &str); 25] = [
         (&["--no-such-flag"], "--no-such-flag"),
         (&["--listen", "nowhere"], "--listen"),
         (&["--backend", "b1"], "--backend"),
@@ -75,6 +75,21 @@ fn bad_flags_exit_2_naming_the_flag() {
         (&["--affinity", "carrier-pigeon"], "--affinity"),
         (&["--affinity", "query:a b"], "--affinity"),
         (&["--failover", "sometimes"], "--failover"),
+        (&["--health-check", "healthz"], "--health-check"),
+        (
+            &["--health-check", "/healthz", "--health-interval", "0"],
+            "--health-interval",
+        ),
+        (
+            &["--health-check", "/healthz", "--health-timeout", "soon"],
+            "--health-timeout",
+        ),
+        (
+            &["--health-check", "/healthz", "--health-fall", "0"],
+            "--health-fall",
+        ),
+        // Check settings without checks are a mistake, not ignored.
+        (&["--health-rise", "3"], "--health-check"),
         (
             &[
                 "--backend",
@@ -150,6 +165,11 @@ fn help_documents_every_flag() {
         "--client-timeout",
         "--backend-timeout",
         "--backend-idle-timeout",
+        "--health-check",
+        "--health-interval",
+        "--health-timeout",
+        "--health-rise",
+        "--health-fall",
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }

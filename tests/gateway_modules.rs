@@ -13,6 +13,8 @@ mod admin;
 mod client;
 #[path = "../examples/gateway/connection.rs"]
 mod connection;
+#[path = "../examples/gateway/health.rs"]
+mod health;
 #[path = "../examples/gateway/proxy.rs"]
 mod proxy;
 #[path = "../examples/gateway/stall.rs"]

@@ -10,14 +10,17 @@
 //!
 //! ```json
 //! {"name": "b1", "url": "http://127.0.0.1:3001", "weight": 1, "state": "active",
-//!  "group": null,
+//!  "group": null, "failing_checks": false,
 //!  "counters": {"requests": 120, "new_sessions": 14, "hits": 104, "failovers": 2,
 //!               "failures": 0, "in_flight": 1}}
 //! ```
 //!
 //! where `state` is `active`, `draining` (bound sessions stay, no new ones
 //! come), `disabled` (nothing goes to it; its sessions fail over) or
-//! `unhealthy` (taken out by passive health until a probe succeeds).
+//! `unhealthy` (taken out by passive health until a probe succeeds, or
+//! failing its health checks, `--health-check`, which `failing_checks`
+//! tells). A backend failing its checks stays out until they pass, whatever
+//! its administrative state; then it returns to that state.
 //!
 //! Under hash-key affinity (`header:`, `app-cookie:`, `query:`, `ip`) a
 //! key is bound to its backend from its first request: the gateway keeps
@@ -48,7 +51,8 @@
 //! curl -s -X POST http://127.0.0.1:9000/backends/b1/undrain
 //!
 //! # Disable b2 (its sessions fail over), then enable it again (this also
-//! # returns a drained or unhealthy-marked backend to service).
+//! # returns a drained backend, or one passive health took out, to service;
+//! # one failing its health checks returns when they pass).
 //! curl -s -X POST http://127.0.0.1:9000/backends/b2/disable
 //! curl -s -X POST http://127.0.0.1:9000/backends/b2/enable
 //!
@@ -139,6 +143,8 @@ struct BackendJson {
     weight: u32,
     state: &'static str,
     group: Option<String>,
+    /// Held out by failing health checks.
+    failing_checks: bool,
     counters: CountersJson,
 }
 
@@ -279,6 +285,7 @@ impl Admin {
             weight: status.weight,
             state: status.state.as_str(),
             group: status.group.map(|g| g.as_str().to_owned()),
+            failing_checks: status.failing_checks,
             counters: status.counters.into(),
         })
     }
@@ -357,7 +364,8 @@ async fn undrain(
 }
 
 /// Back to active from any state; this also ends a rest passive health
-/// gave the backend.
+/// gave the backend. A backend failing its health checks stays out until
+/// they pass.
 async fn enable(
     State(admin): State<Admin>,
     PathParams(name): PathParams<String>,
@@ -649,7 +657,7 @@ fn render_page(backends: &[BackendJson]) -> String {
         // Writing to a String cannot fail.
         let _ = writeln!(
             rows,
-            "<tr><td>{name}</td><td>{url}</td><td class=\"{state}\">{state}</td>\
+            "<tr><td>{name}</td><td>{url}</td><td class=\"{state}\">{state}{why}</td>\
              <td>{weight}</td><td>{new}</td><td>{requests}</td><td>{hits}</td>\
              <td>{failovers}</td><td>{failures}</td><td>{in_flight}</td>\
              <td class=\"share\"><div class=\"bar\"><div style=\"width:{share:.1}%\"></div></div>\
@@ -657,6 +665,11 @@ fn render_page(backends: &[BackendJson]) -> String {
             name = escape(&b.name),
             url = escape(&b.url),
             state = b.state,
+            why = if b.failing_checks {
+                " (health checks)"
+            } else {
+                ""
+            },
             weight = b.weight,
             new = c.new_sessions,
             requests = c.requests,
@@ -815,7 +828,7 @@ mod tests {
             list[0],
             json!({
                 "name": "b1", "url": "http://127.0.0.1:9", "weight": 1, "state": "active",
-                "group": null,
+                "group": null, "failing_checks": false,
                 "counters": {"requests": 0, "new_sessions": 0, "hits": 0, "failovers": 0,
                              "failures": 0, "in_flight": 0}
             })
@@ -1071,6 +1084,7 @@ mod tests {
             weight: 1,
             state: "active",
             group: None,
+            failing_checks: false,
             counters: CountersJson {
                 requests,
                 new_sessions: 0,

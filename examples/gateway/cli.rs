@@ -2,9 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, ValueEnum};
+use http::uri::PathAndQuery;
 use http::HeaderName;
 use tower_sticky::sticky_core::MAX_WEIGHT;
 use tower_sticky::Affinity;
@@ -130,6 +132,36 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub backend_idle_timeout: u64,
 
+    /// Checks each backend's health by requesting PATH (e.g. /healthz) on
+    /// a new connection every --health-interval. A backend that fails
+    /// --health-fall checks in a row (no 2xx or 3xx answer within
+    /// --health-timeout) takes nothing until it passes --health-rise in a
+    /// row: its sessions move (with a new cookie), or get 503 with
+    /// --failover strict. A drained or disabled backend keeps that state
+    /// when its checks pass again. Default: no checks; failing requests
+    /// alone take a backend out, for a few seconds at a time.
+    #[arg(long, value_name = "PATH", value_parser = health_path)]
+    pub health_check: Option<PathAndQuery>,
+
+    /// Seconds from one round of health checks to the next (fractions
+    /// allowed, e.g. 0.5).
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = seconds, requires = "health_check")]
+    pub health_interval: Duration,
+
+    /// Seconds a health check may take, connecting included (fractions
+    /// allowed).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds, requires = "health_check")]
+    pub health_timeout: Duration,
+
+    /// Health checks passed in a row that return a failing backend to
+    /// service.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000), requires = "health_check")]
+    pub health_rise: u32,
+
+    /// Health checks failed in a row that take a backend out of service.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000), requires = "health_check")]
+    pub health_fall: u32,
+
     /// Worker threads serving clients, each with its own event loop and
     /// upstream connections. Default: one per CPU.
     #[arg(long, value_name = "N")]
@@ -212,6 +244,28 @@ fn affinity(s: &str) -> Result<Affinity, String> {
         "query" => Ok(Affinity::Query(query_name(named("parameter name")?)?)),
         _ => Err(format!(
             "{s:?} is not a source; use cookie, header:NAME, app-cookie:NAME, route:NAME, query:NAME or ip"
+        )),
+    }
+}
+
+/// A health check's target: a path, with a query if wanted.
+fn health_path(s: &str) -> Result<PathAndQuery, String> {
+    match s.parse::<PathAndQuery>() {
+        Ok(path) if s.starts_with('/') => Ok(path),
+        _ => Err(format!(
+            "{s:?} is not a path (it starts with /, e.g. /healthz)"
+        )),
+    }
+}
+
+/// Seconds, fractions allowed, from 10 ms to a year.
+fn seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (0.01..=MAX_SECONDS as f64).contains(&secs) => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!(
+            "{s:?} is not a number of seconds from 0.01 to {MAX_SECONDS} (a year)"
         )),
     }
 }

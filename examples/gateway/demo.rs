@@ -1,6 +1,7 @@
 //! Demo backends: small HTTP servers that remember each session's visits in
 //! their own memory (a "cart" that resets if stickiness breaks), with a
-//! WebSocket echo at `/ws`.
+//! WebSocket echo at `/ws` and a health endpoint at `/healthz` (for
+//! `--health-check /healthz`; it starts no session).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -98,6 +99,7 @@ pub fn router(name: &str) -> Router {
     };
     Router::new()
         .route("/ws", get(echo))
+        .route("/healthz", get(|| async { "ok\n" }))
         .fallback(any(visit))
         .with_state(demo)
 }

@@ -20,6 +20,7 @@ mod cli;
 mod client;
 mod connection;
 mod demo;
+mod health;
 mod proxy;
 mod stall;
 
@@ -156,6 +157,19 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         // failure, not the backend's.
         .failure_errors(|error| !client_body_failed(error))
         .layer(backends.clone());
+
+    if let Some(path) = args.health_check.clone() {
+        tokio::spawn(health::run(
+            backends.clone(),
+            health::Checks {
+                path,
+                interval: args.health_interval,
+                timeout: args.health_timeout,
+                rise: args.health_rise,
+                fall: args.health_fall,
+            },
+        ));
+    }
 
     let (listener, address) = bind(args.listen, "--listen").await;
     let (admin_listener, admin_address) = bind(args.admin_listen, "--admin-listen").await;

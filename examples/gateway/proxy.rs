@@ -40,7 +40,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -158,6 +158,12 @@ impl ProxyError {
 pub type Body = BoxBody<Bytes, BoxError>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The User-Agent of the gateway's health checks, for backends' logs.
+const HEALTH_CHECK_AGENT: &str = "tower-sticky-gateway-health-check";
+
+/// The most of a health check's answer read: its status decides.
+const HEALTH_CHECK_BODY: usize = 64 * 1024;
 /// A request going out on a pooled connection unused for this long keeps
 /// a copy to send again if the backend closes the connection unanswered:
 /// long enough that requests in a steady stream never pay for the copy,
@@ -377,6 +383,53 @@ impl Upstream {
                 runtime.spawn(sweep(Arc::downgrade(&self.inner), shard));
             }
         }
+    }
+
+    /// One active health check: `GET path` on a connection of its own
+    /// (so that it also finds a backend no longer taking connections,
+    /// which pooled ones would hide), answered within `timeout`. It passes
+    /// on a 2xx or 3xx status; the error says why it did not.
+    pub async fn check(&self, path: &PathAndQuery, timeout: Duration) -> Result<(), String> {
+        let address = self.inner.authority.as_str();
+        let check = async {
+            let stream = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+                .handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+            // Ends when the connection closes, as it does after the answer
+            // or when the check is dropped at its timeout.
+            tokio::spawn(connection);
+            let request = Request::get(path.as_str())
+                .header(header::HOST, self.inner.host.clone())
+                .header(header::USER_AGENT, HEALTH_CHECK_AGENT)
+                .header(header::CONNECTION, "close")
+                .body(http_body_util::Empty::new())
+                .map_err(|e| e.to_string())?;
+            let response = sender.send_request(request).await.map_err(|e| {
+                let cause = error_chain(&e)
+                    .last()
+                    .map_or_else(String::new, |c| c.to_string());
+                format!("no answer: {cause}")
+            })?;
+            let status = response.status();
+            // Read to its end (a little of it at most), so that the backend
+            // is not cut off while writing it.
+            let _ = http_body_util::Limited::new(response.into_body(), HEALTH_CHECK_BODY)
+                .collect()
+                .await;
+            if status.is_success() || status.is_redirection() {
+                Ok(())
+            } else {
+                Err(format!("answered {status}"))
+            }
+        };
+        tokio::time::timeout(timeout, check)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
     }
 
     async fn connect(&self, upgrades: bool) -> Result<Conn, BoxError> {
