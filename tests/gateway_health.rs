@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::routing::get;
 use support::*;
@@ -19,6 +19,8 @@ struct Trouble {
     failing: AtomicBool,
     /// Nothing is answered: requests wait for ever.
     hung: AtomicBool,
+    /// Requests held so.
+    held: AtomicUsize,
 }
 
 /// A demo backend with a health endpoint at `/check`, and the switch
@@ -41,6 +43,7 @@ async fn troubled(name: &str) -> (Backend, Arc<Trouble>) {
             let trouble = Arc::clone(&trouble);
             async move {
                 if trouble.hung.load(Ordering::SeqCst) {
+                    trouble.held.fetch_add(1, Ordering::SeqCst);
                     std::future::pending::<()>().await;
                 }
                 next.run(request).await
@@ -107,7 +110,7 @@ async fn failing_checks_move_sessions_and_a_passing_backend_keeps_its_drain() {
     let list = gateway.list().await;
     assert_eq!(list["b1"]["counters"]["failures"], 0, "{list:?}");
     assert!(
-        gateway.log().contains("its health checks fail"),
+        gateway.log().contains("backend failing its health checks"),
         "{}",
         gateway.log()
     );
@@ -135,11 +138,24 @@ async fn failing_checks_move_sessions_and_a_passing_backend_keeps_its_drain() {
         (&enabled["state"], &enabled["failing_checks"]),
         (&json!("unhealthy"), &json!(true))
     );
-    gateway.post("/backends/b1/drain").await;
+    let drained = gateway.post("/backends/b1/drain").await;
+    assert_eq!(
+        (&drained["state"], &drained["admin_state"]),
+        (&json!("unhealthy"), &json!("draining")),
+        "the drain shows beside the checks' verdict: {drained}"
+    );
+    let (_, _, metrics) = gateway.admin_text(Method::GET, "/metrics", "").await;
+    assert!(
+        metrics.contains("sticky_backend_failing_checks{backend=\"b1\"} 1\n")
+            && metrics.contains("sticky_backend_failing_checks{backend=\"b2\"} 0\n"),
+        "{metrics}"
+    );
     troubles[0].failing.store(false, Ordering::SeqCst);
     wait_for(&gateway, "b1", "draining", false).await;
     assert!(
-        gateway.log().contains("its health checks pass"),
+        gateway
+            .log()
+            .contains("backend passing its health checks again"),
         "{}",
         gateway.log()
     );
@@ -203,4 +219,42 @@ async fn a_hung_backend_is_taken_out_before_its_sessions_wait_on_it() {
     wait_for(&gateway, "b2", "active", false).await;
     let homes = homes_of_new_clients(&gateway, 30).await;
     assert_eq!(homes.get("b2"), Some(&10), "{homes:?}");
+}
+
+/// Each backend is checked on its own timer: one that hangs, its check
+/// waiting out a long timeout, does not hold up finding another that
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_backend_does_not_hold_up_the_checks_of_the_others() {
+    let (servers, troubles) = three_troubled().await;
+    let gateway = Gateway::start(
+        &servers.iter().collect::<Vec<_>>(),
+        &[
+            "--health-check",
+            "/check",
+            "--health-interval",
+            "0.05",
+            "--health-timeout",
+            "60",
+            "--health-fall",
+            "2",
+        ],
+    )
+    .await;
+    troubles[1].hung.store(true, Ordering::SeqCst);
+    let b2 = Arc::clone(&troubles[1]);
+    wait_until("a check of b2 to be under way", || {
+        let b2 = Arc::clone(&b2);
+        async move { b2.held.load(Ordering::SeqCst) > 0 }
+    })
+    .await;
+    troubles[2].failing.store(true, Ordering::SeqCst);
+    // Within the 10 s any wait here is given, far below b2's check timeout.
+    wait_for(&gateway, "b3", "unhealthy", true).await;
+    let list = gateway.list().await;
+    assert_eq!(
+        (&list["b2"]["state"], &list["b1"]["state"]),
+        (&json!("active"), &json!("active")),
+        "{list:?}"
+    );
 }

@@ -10,7 +10,7 @@
 //!
 //! ```json
 //! {"name": "b1", "url": "http://127.0.0.1:3001", "weight": 1, "state": "active",
-//!  "group": null, "failing_checks": false,
+//!  "group": null, "admin_state": "active", "failing_checks": false,
 //!  "counters": {"requests": 120, "new_sessions": 14, "hits": 104, "failovers": 2,
 //!               "failures": 0, "in_flight": 1}}
 //! ```
@@ -19,8 +19,10 @@
 //! come), `disabled` (nothing goes to it; its sessions fail over) or
 //! `unhealthy` (taken out by passive health until a probe succeeds, or
 //! failing its health checks, `--health-check`, which `failing_checks`
-//! tells). A backend failing its checks stays out until they pass, whatever
-//! its administrative state; then it returns to that state.
+//! tells). `admin_state` is what the admin API (or the command line) set:
+//! `active`, `draining` or `disabled`, which an unhealthy backend returns
+//! to once healthy. A backend failing its checks stays out until they
+//! pass, whatever its `admin_state`.
 //!
 //! Under hash-key affinity (`header:`, `app-cookie:`, `query:`, `ip`) a
 //! key is bound to its backend from its first request: the gateway keeps
@@ -78,7 +80,8 @@
 //! (`sticky_backend_requests_total`, `..._new_sessions_total`,
 //! `..._hits_total`, `..._failovers_total`, `..._failures_total`), for
 //! requests in flight, weight and state (`sticky_backend_state`, 1 for the
-//! backend's state and 0 for the others), and `sticky_backend_info` with
+//! backend's state and 0 for the others), whether it fails its health
+//! checks (`sticky_backend_failing_checks`), and `sticky_backend_info` with
 //! its URL and group. Each is labelled `backend="NAME"`. A backend removed
 //! and added again starts its counters from 0, which Prometheus's `rate`
 //! and `increase` read as a reset. `sticky_gateway_error_answers_total`,
@@ -143,6 +146,8 @@ struct BackendJson {
     weight: u32,
     state: &'static str,
     group: Option<String>,
+    /// What the admin API set, whatever health says.
+    admin_state: &'static str,
     /// Held out by failing health checks.
     failing_checks: bool,
     counters: CountersJson,
@@ -285,6 +290,7 @@ impl Admin {
             weight: status.weight,
             state: status.state.as_str(),
             group: status.group.map(|g| g.as_str().to_owned()),
+            admin_state: status.admin_state.as_str(),
             failing_checks: status.failing_checks,
             counters: status.counters.into(),
         })
@@ -351,10 +357,12 @@ async fn undrain(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
-                "{name:?} is not draining (state {}, weight {}); POST /backends/{name}/enable \
-                 returns a disabled or unhealthy backend to service, and \
-                 POST /backends/{name}/weight/N sets a weight of 0 to more",
-                shown.state, shown.weight
+                "{name:?} is not draining (state {}, admin state {}, weight {}); \
+                 POST /backends/{name}/enable returns a disabled backend, or one \
+                 passive health took out, to service (one failing its health checks \
+                 returns when they pass), and POST /backends/{name}/weight/N sets a \
+                 weight of 0 to more",
+                shown.state, shown.admin_state, shown.weight
             ),
         ));
     }
@@ -598,6 +606,19 @@ fn render_metrics(backends: &[BackendJson]) -> String {
             );
         }
     }
+    out.push_str(
+        "# HELP sticky_backend_failing_checks 1 while the backend fails its health checks \
+         (--health-check), 0 otherwise.\n",
+    );
+    out.push_str("# TYPE sticky_backend_failing_checks gauge\n");
+    for b in backends {
+        let label = label_value(&b.name);
+        let value = u8::from(b.failing_checks);
+        let _ = writeln!(
+            out,
+            "sticky_backend_failing_checks{{backend=\"{label}\"}} {value}"
+        );
+    }
     out.push_str("# HELP sticky_backend_info The backend's URL and group (empty for none).\n");
     out.push_str("# TYPE sticky_backend_info gauge\n");
     for b in backends {
@@ -665,10 +686,12 @@ fn render_page(backends: &[BackendJson]) -> String {
             name = escape(&b.name),
             url = escape(&b.url),
             state = b.state,
-            why = if b.failing_checks {
-                " (health checks)"
-            } else {
-                ""
+            why = match (b.failing_checks, b.admin_state) {
+                (true, "active") => " (health checks)".to_owned(),
+                (true, set) => format!(" (health checks; {set})"),
+                // Passive health resting a drained or disabled backend.
+                (false, set) if set != "active" && set != b.state => format!(" ({set})"),
+                _ => String::new(),
             },
             weight = b.weight,
             new = c.new_sessions,
@@ -828,7 +851,7 @@ mod tests {
             list[0],
             json!({
                 "name": "b1", "url": "http://127.0.0.1:9", "weight": 1, "state": "active",
-                "group": null, "failing_checks": false,
+                "group": null, "admin_state": "active", "failing_checks": false,
                 "counters": {"requests": 0, "new_sessions": 0, "hits": 0, "failovers": 0,
                              "failures": 0, "in_flight": 0}
             })
@@ -1084,6 +1107,7 @@ mod tests {
             weight: 1,
             state: "active",
             group: None,
+            admin_state: "active",
             failing_checks: false,
             counters: CountersJson {
                 requests,

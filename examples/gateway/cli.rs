@@ -139,12 +139,13 @@ pub struct Args {
     /// row: its sessions move (with a new cookie), or get 503 with
     /// --failover strict. A drained or disabled backend keeps that state
     /// when its checks pass again. Default: no checks; failing requests
-    /// alone take a backend out, for a few seconds at a time.
+    /// alone take a backend out, for 10 seconds at a time.
     #[arg(long, value_name = "PATH", value_parser = health_path)]
     pub health_check: Option<PathAndQuery>,
 
-    /// Seconds from one round of health checks to the next (fractions
-    /// allowed, e.g. 0.5).
+    /// Seconds from one health check of a backend to its next (fractions
+    /// allowed, e.g. 0.5). Each backend has its own timer; a check still
+    /// under way when its next is due delays that one.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = seconds, requires = "health_check")]
     pub health_interval: Duration,
 
@@ -250,12 +251,13 @@ fn affinity(s: &str) -> Result<Affinity, String> {
 
 /// A health check's target: a path, with a query if wanted.
 fn health_path(s: &str) -> Result<PathAndQuery, String> {
-    match s.parse::<PathAndQuery>() {
-        Ok(path) if s.starts_with('/') => Ok(path),
-        _ => Err(format!(
-            "{s:?} is not a path (it starts with /, e.g. /healthz)"
-        )),
+    if !s.starts_with('/') {
+        return Err(format!(
+            "{s:?} is not a path: it starts with / (e.g. /healthz)"
+        ));
     }
+    s.parse::<PathAndQuery>()
+        .map_err(|e| format!("{s:?} is not a path as sent (no spaces, for one): {e}"))
 }
 
 /// Seconds, fractions allowed, from 10 ms to a year.

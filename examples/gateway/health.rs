@@ -1,9 +1,10 @@
 //! Active health checks: every `interval`, each backend gets a `GET` of
-//! the health path on a connection of its own. A backend that fails
-//! `fall` checks in a row takes nothing (its sessions fail over, or get
-//! 503 in strict mode) until it passes `rise` in a row. Backends start
-//! as passing, and those added through the admin API are checked from
-//! the next round.
+//! the health path on a connection of its own, on a timer of its own. A
+//! backend that fails `fall` checks in a row takes nothing (its sessions
+//! fail over, or get 503 in strict mode) until it passes `rise` in a row.
+//! Backends start as passing; those added through the admin API are
+//! checked within an interval. Disabled backends are checked too, so that
+//! the verdict is current when they are enabled.
 //!
 //! The verdict is kept apart from what an operator sets: a drained
 //! backend that fails and recovers is draining again, and `enable` does
@@ -90,66 +91,191 @@ impl Tally {
     }
 }
 
-/// Checks every backend of `backends`, round after round, for as long as
-/// the runtime runs.
+/// Checks every backend of `backends`, each on its own timer, for as
+/// long as the runtime runs: a backend that hangs delays only its own
+/// checks. Every `interval` the list of backends is read again: a new
+/// backend (or one given a new URL) gets its first check then, and a
+/// removed one's checks stop.
 pub async fn run(backends: Backends<Upstream>, checks: Checks) {
-    let mut tallies: HashMap<String, Tally> = HashMap::new();
+    // Each backend's checker, by name, with the URL it checks.
+    let mut checkers: HashMap<String, (String, tokio::task::AbortHandle)> = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
     let mut rounds = tokio::time::interval(checks.interval);
-    // A round that takes longer than the interval delays the next one,
-    // instead of starting rounds back to back to catch up.
     rounds.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         rounds.tick().await;
-        let mut round = tokio::task::JoinSet::new();
+        // Reap finished tasks (none finish on their own) so the set stays small.
+        while tasks.try_join_next().is_some() {}
+        let mut current = HashMap::new();
         for status in backends.status() {
             let name = status.name.as_str().to_owned();
-            let Some(upstream) = backends.service(&name) else {
-                continue;
-            };
-            let checks = checks.clone();
-            round.spawn(async move {
-                let result = upstream.check(&checks.path, checks.timeout).await;
-                (name, upstream.url().to_owned(), result)
-            });
-        }
-        let mut checked = HashMap::with_capacity(tallies.len());
-        while let Some(done) = round.join_next().await {
-            let Ok((name, url, result)) = done else {
-                continue;
-            };
-            let mut tally = tallies
-                .remove(&name)
-                // A backend given a new URL under the same name starts over.
-                .filter(|tally| tally.url == url)
-                .unwrap_or_else(|| Tally::new(&url));
-            match tally.record(result, &checks) {
-                Some(Change::Failing(why)) => tracing::warn!(
-                    backend = %name,
-                    why = %why,
-                    fall = checks.fall,
-                    "backend taken out of service: its health checks fail"
-                ),
-                Some(Change::Passing) => tracing::info!(
-                    backend = %name,
-                    rise = checks.rise,
-                    "backend back in service: its health checks pass"
-                ),
-                None => {}
-            }
-            // Every round, not only on a change: a backend removed and
-            // added again meanwhile has new counters, passing.
-            if backends.set_checks_passing(&name, tally.passing()).is_ok() {
-                checked.insert(name, tally);
+            if let Some(upstream) = backends.service(&name) {
+                current.insert(name, upstream);
             }
         }
-        // Removed backends are forgotten.
-        tallies = checked;
+        checkers.retain(|name, (url, task)| {
+            let keep = current.get(name).is_some_and(|u| u.url() == url.as_str());
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, upstream) in current {
+            if checkers.contains_key(&name) {
+                continue;
+            }
+            let url = upstream.url().to_owned();
+            let task = tasks.spawn(check_one(
+                backends.clone(),
+                name.clone(),
+                upstream,
+                checks.clone(),
+            ));
+            checkers.insert(name, (url, task));
+        }
+    }
+}
+
+/// Checks one backend every `interval` until aborted.
+async fn check_one(backends: Backends<Upstream>, name: String, upstream: Upstream, checks: Checks) {
+    let mut tally = Tally::new(upstream.url());
+    let mut ticks = tokio::time::interval(checks.interval);
+    // A check that outlasts the interval delays the next one instead of
+    // bringing checks back to back.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let result = upstream.check(&checks.path, checks.timeout).await;
+        // The backend may have been removed, or its name given to another
+        // URL, while the check ran: the verdict is this URL's only.
+        if backends
+            .service(&name)
+            .is_none_or(|now| now.url() != upstream.url())
+        {
+            return;
+        }
+        match tally.record(result, &checks) {
+            Some(Change::Failing(why)) => tracing::warn!(
+                backend = %name,
+                why = %why,
+                fall = checks.fall,
+                "backend failing its health checks: it takes no requests until they pass"
+            ),
+            Some(Change::Passing) => tracing::info!(
+                backend = %name,
+                rise = checks.rise,
+                "backend passing its health checks again"
+            ),
+            None => {}
+        }
+        // After every check, not only on a change: a backend removed and
+        // added again under the same URL has new counters, passing.
+        let _ = backends.set_checks_passing(&name, tally.passing());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::ProxyOptions;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tower_sticky::sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
+    use tower_sticky::sticky_core::{BackendSpec, PoolConfig};
+
+    /// A backend that accepts connections, reads the request head and
+    /// writes `answer` (then keeps the connection open, writing nothing
+    /// more).
+    async fn answering(answer: &'static [u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let _ = stream.write_all(answer).await;
+                held.push(stream);
+            }
+        });
+        url
+    }
+
+    fn upstream(url: &str) -> Upstream {
+        Upstream::new(url, &ProxyOptions::default()).unwrap()
+    }
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    /// A failed check says at which step it failed.
+    #[tokio::test]
+    async fn a_failed_check_says_why() {
+        let path = PathAndQuery::from_static("/healthz");
+        let ok = answering(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        assert_eq!(upstream(&ok).check(&path, SHORT).await, Ok(()));
+        let redirect =
+            answering(b"HTTP/1.1 302 Found\r\nLocation: /\r\nContent-Length: 0\r\n\r\n").await;
+        assert_eq!(upstream(&redirect).check(&path, SHORT).await, Ok(()));
+
+        let unavailable =
+            answering(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n").await;
+        let why = upstream(&unavailable)
+            .check(&path, SHORT)
+            .await
+            .unwrap_err();
+        assert!(why.contains("answered 503"), "{why}");
+
+        let silent = answering(b"").await;
+        let why = upstream(&silent).check(&path, SHORT).await.unwrap_err();
+        assert!(why.starts_with("connected, but no answer within"), "{why}");
+
+        let stalled = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok").await;
+        let why = upstream(&stalled).check(&path, SHORT).await.unwrap_err();
+        assert!(why.contains("its body was not over"), "{why}");
+
+        // A port nothing listens on: bound, then closed.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let why = upstream(&url).check(&path, SHORT).await.unwrap_err();
+        assert!(why.starts_with("cannot connect"), "{why}");
+    }
+
+    /// A check under way when its backend is replaced (removed and added
+    /// again under its name, at another URL) says nothing about the new
+    /// one: its checker stops, and the new backend is not marked.
+    #[tokio::test]
+    async fn a_replaced_backends_last_check_is_not_the_new_ones() {
+        let silent = answering(b"").await;
+        let config = PoolConfig::new(TokenCodec::new(
+            KeyRing::new(["health check tests secret, 32 bytes"]).unwrap(),
+            TokenConfig::new("sticky"),
+        ));
+        let backends =
+            Backends::new(config, [(BackendSpec::new("b1"), upstream(&silent))]).unwrap();
+        let checks = Checks {
+            timeout: SHORT,
+            fall: 1,
+            ..checks()
+        };
+        let checker = tokio::spawn(check_one(
+            backends.clone(),
+            "b1".to_owned(),
+            upstream(&silent),
+            checks,
+        ));
+        // The first check is under way (the backend never answers).
+        backends.remove("b1").unwrap();
+        let replacement = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        backends
+            .add(BackendSpec::new("b1"), upstream(&replacement))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), checker)
+            .await
+            .expect("the checker stops once its check is over")
+            .unwrap();
+        assert!(!backends.status()[0].failing_checks);
+    }
 
     fn checks() -> Checks {
         Checks {

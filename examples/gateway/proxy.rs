@@ -388,48 +388,56 @@ impl Upstream {
     /// One active health check: `GET path` on a connection of its own
     /// (so that it also finds a backend no longer taking connections,
     /// which pooled ones would hide), answered within `timeout`. It passes
-    /// on a 2xx or 3xx status; the error says why it did not.
+    /// on a 2xx or 3xx status; the error says why it did not, and at
+    /// which step: connecting, waiting for the answer, or reading it.
     pub async fn check(&self, path: &PathAndQuery, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let within = |step: &'static str| move |_| format!("{step} within {timeout:?}");
         let address = self.inner.authority.as_str();
-        let check = async {
-            let stream = tokio::net::TcpStream::connect(address)
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-                .handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-            // Ends when the connection closes, as it does after the answer
-            // or when the check is dropped at its timeout.
-            tokio::spawn(connection);
-            let request = Request::get(path.as_str())
-                .header(header::HOST, self.inner.host.clone())
-                .header(header::USER_AGENT, HEALTH_CHECK_AGENT)
-                .header(header::CONNECTION, "close")
-                .body(http_body_util::Empty::new())
-                .map_err(|e| e.to_string())?;
-            let response = sender.send_request(request).await.map_err(|e| {
+        let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(address))
+            .await
+            .map_err(within("could not connect"))?
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        // Ends when the connection closes: after the answer, or once the
+        // check gives up on it and drops its side.
+        tokio::spawn(connection);
+        let request = Request::get(path.as_str())
+            .header(header::HOST, self.inner.host.clone())
+            .header(header::USER_AGENT, HEALTH_CHECK_AGENT)
+            .header(header::CONNECTION, "close")
+            .body(http_body_util::Empty::new())
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout_at(deadline, sender.send_request(request))
+            .await
+            .map_err(within("connected, but no answer"))?
+            .map_err(|e| {
                 let cause = error_chain(&e)
                     .last()
                     .map_or_else(String::new, |c| c.to_string());
-                format!("no answer: {cause}")
+                format!("connected, but no answer: {cause}")
             })?;
-            let status = response.status();
-            // Read to its end (a little of it at most), so that the backend
-            // is not cut off while writing it.
-            let _ = http_body_util::Limited::new(response.into_body(), HEALTH_CHECK_BODY)
-                .collect()
-                .await;
-            if status.is_success() || status.is_redirection() {
-                Ok(())
-            } else {
-                Err(format!("answered {status}"))
+        let status = response.status();
+        if !(status.is_success() || status.is_redirection()) {
+            return Err(format!("answered {status}"));
+        }
+        // Read to its end (a little of it at most), so that the backend is
+        // not cut off while writing it; one that cannot finish it fails.
+        let body = http_body_util::Limited::new(response.into_body(), HEALTH_CHECK_BODY).collect();
+        match tokio::time::timeout_at(deadline, body).await {
+            Err(_) => Err(format!(
+                "answered {status}, but its body was not over within {timeout:?}"
+            )),
+            Ok(Err(e)) if !e.is::<http_body_util::LengthLimitError>() => {
+                Err(format!("answered {status}, but its body failed: {e}"))
             }
-        };
-        tokio::time::timeout(timeout, check)
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+            // More than the limit is fine: the status has spoken.
+            Ok(_) => Ok(()),
+        }
     }
 
     async fn connect(&self, upgrades: bool) -> Result<Conn, BoxError> {

@@ -92,6 +92,9 @@ pub struct BackendStatus {
     /// State now (administrative, or `Unhealthy` from passive health or
     /// failing health checks).
     pub state: BackendState,
+    /// The state set through the handle (or the configuration), whatever
+    /// health says: what the backend returns to once it is healthy.
+    pub admin_state: BackendState,
     /// Group, if any.
     pub group: Option<GroupId>,
     /// Counters.
@@ -280,6 +283,7 @@ impl<S: Clone> Backends<S> {
     /// backends.set_checks_passing("b1", false).unwrap();
     /// assert_eq!(backends.status()[0].state, BackendState::Unhealthy);
     /// assert!(backends.status()[0].failing_checks);
+    /// assert_eq!(backends.status()[0].admin_state, BackendState::Draining);
     /// backends.set_checks_passing("b1", true).unwrap();
     /// assert_eq!(backends.status()[0].state, BackendState::Draining);
     /// ```
@@ -376,6 +380,7 @@ impl<S> Backends<S> {
                 name: m.id().clone(),
                 weight: m.spec().weight,
                 state: m.state(now),
+                admin_state: m.spec().state,
                 group: snapshot.group_of(i).cloned(),
                 counters: m.counters(),
                 failing_checks: m.stats().failing_checks(),
