@@ -25,7 +25,7 @@ use crate::proxy::Upstream;
 pub struct Checks {
     /// The path (and query) requested.
     pub path: PathAndQuery,
-    /// From the start of one round of checks to the next.
+    /// From one check of a backend to its next.
     pub interval: Duration,
     /// How long one check may take, connecting included.
     pub timeout: Duration,
@@ -38,7 +38,6 @@ pub struct Checks {
 /// A backend's verdict, and the results in a row that go against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tally {
-    url: String,
     passing: bool,
     against: u32,
 }
@@ -52,16 +51,17 @@ pub enum Change {
     Failing(String),
 }
 
-impl Tally {
-    /// A backend at `url`, passing until its checks say otherwise.
-    pub fn new(url: &str) -> Self {
+/// A backend passes until its checks say otherwise.
+impl Default for Tally {
+    fn default() -> Self {
         Tally {
-            url: url.to_owned(),
             passing: true,
             against: 0,
         }
     }
+}
 
+impl Tally {
     /// Whether the backend passes its checks.
     pub fn passing(&self) -> bool {
         self.passing
@@ -104,7 +104,8 @@ pub async fn run(backends: Backends<Upstream>, checks: Checks) {
     rounds.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         rounds.tick().await;
-        // Reap finished tasks (none finish on their own) so the set stays small.
+        // Reap the checkers that ended (their backend was removed or
+        // given another URL), so that the set stays small.
         while tasks.try_join_next().is_some() {}
         let mut current = HashMap::new();
         for status in backends.status() {
@@ -136,9 +137,10 @@ pub async fn run(backends: Backends<Upstream>, checks: Checks) {
     }
 }
 
-/// Checks one backend every `interval` until aborted.
+/// Checks one backend every `interval` until aborted, or until the
+/// backend is removed or its name given to another URL.
 async fn check_one(backends: Backends<Upstream>, name: String, upstream: Upstream, checks: Checks) {
-    let mut tally = Tally::new(upstream.url());
+    let mut tally = Tally::default();
     let mut ticks = tokio::time::interval(checks.interval);
     // A check that outlasts the interval delays the next one instead of
     // bringing checks back to back.
@@ -297,7 +299,7 @@ mod tests {
     #[test]
     fn only_results_in_a_row_change_the_verdict() {
         let checks = checks();
-        let mut tally = Tally::new("http://127.0.0.1:9");
+        let mut tally = Tally::default();
         assert!(tally.passing(), "a backend starts as passing");
         assert_eq!(tally.record(fail(), &checks), None);
         assert_eq!(tally.record(fail(), &checks), None);
