@@ -660,6 +660,23 @@ fn label_value(text: &str) -> String {
     out
 }
 
+/// What the status page adds to a backend's state: failing health checks,
+/// and the state it returns to when that is neither active nor shown.
+fn state_notes(b: &BackendJson) -> String {
+    let mut notes = Vec::new();
+    if b.failing_checks {
+        notes.push("health checks failing");
+    }
+    if b.admin_state != "active" && b.admin_state != b.state {
+        notes.push(b.admin_state);
+    }
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", notes.join("; "))
+    }
+}
+
 /// `GET /`: the status page.
 async fn status_page(State(admin): State<Admin>) -> Html<String> {
     Html(render_page(&admin.all()))
@@ -686,13 +703,7 @@ fn render_page(backends: &[BackendJson]) -> String {
             name = escape(&b.name),
             url = escape(&b.url),
             state = b.state,
-            why = match (b.failing_checks, b.admin_state) {
-                (true, "active") => " (health checks)".to_owned(),
-                (true, set) => format!(" (health checks; {set})"),
-                // Passive health resting a drained or disabled backend.
-                (false, set) if set != "active" && set != b.state => format!(" ({set})"),
-                _ => String::new(),
-            },
+            why = state_notes(b),
             weight = b.weight,
             new = c.new_sessions,
             requests = c.requests,
@@ -1123,6 +1134,53 @@ mod tests {
         let page = render_page(&[backend("a", 0)]);
         assert!(page.contains("width:0.0%"));
         assert!(render_page(&[]).contains("No backends"));
+    }
+
+    /// The status page says why a backend is out, and what it returns to.
+    #[test]
+    fn status_page_notes_failing_checks_and_the_state_returned_to() {
+        let backend = |state, admin_state, failing_checks| BackendJson {
+            name: "b1".to_owned(),
+            url: "http://b1:80".to_owned(),
+            weight: 1,
+            state,
+            group: None,
+            admin_state,
+            failing_checks,
+            counters: CountersJson {
+                requests: 0,
+                new_sessions: 0,
+                hits: 0,
+                failovers: 0,
+                failures: 0,
+                in_flight: 0,
+            },
+        };
+        let cell = |b| {
+            let page = render_page(&[b]);
+            let start = page.find("<td class=").unwrap();
+            let end = start + page[start..].find("</td>").unwrap();
+            page[start..end].split('>').nth(1).unwrap().to_owned()
+        };
+        assert_eq!(cell(backend("active", "active", false)), "active");
+        assert_eq!(
+            cell(backend("unhealthy", "active", true)),
+            "unhealthy (health checks failing)"
+        );
+        assert_eq!(
+            cell(backend("unhealthy", "draining", true)),
+            "unhealthy (health checks failing; draining)"
+        );
+        assert_eq!(
+            cell(backend("disabled", "disabled", true)),
+            "disabled (health checks failing)"
+        );
+        // Passive health resting a drained backend.
+        assert_eq!(
+            cell(backend("unhealthy", "draining", false)),
+            "unhealthy (draining)"
+        );
+        assert_eq!(cell(backend("unhealthy", "active", false)), "unhealthy");
     }
 
     #[test]
