@@ -25,7 +25,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         std::env::temp_dir().join(format!("gateway-cli-short-secret-{}", std::process::id()));
     std::fs::write(&secret, "short\n").unwrap();
     let secret = secret.to_string_lossy().into_owned();
-    let cases: [(&[&str], &str); 25] = [
+    let cases: [(&[&str], &str); 26] = [
         (&["--no-such-flag"], "--no-such-flag"),
         (&["--listen", "nowhere"], "--listen"),
         (&["--backend", "b1"], "--backend"),
@@ -76,6 +76,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         (&["--affinity", "query:a b"], "--affinity"),
         (&["--failover", "sometimes"], "--failover"),
         (&["--health-check", "healthz"], "--health-check"),
+        (&["--health-check", "/healthz#ready"], "--health-check"),
         (
             &["--health-check", "/healthz", "--health-interval", "0"],
             "--health-interval",

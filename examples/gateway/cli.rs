@@ -253,8 +253,12 @@ fn affinity(s: &str) -> Result<Affinity, String> {
 fn health_path(s: &str) -> Result<PathAndQuery, String> {
     if !s.starts_with('/') {
         return Err(format!(
-            "{s:?} is not a path: it starts with / (e.g. /healthz)"
+            "{s:?} is not a path: a path starts with / (e.g. /healthz)"
         ));
+    }
+    if s.contains('#') {
+        // A fragment is never sent; the check would request less than given.
+        return Err(format!("{s:?} has a fragment (#...), which is never sent"));
     }
     s.parse::<PathAndQuery>()
         .map_err(|e| format!("{s:?} is not a path as sent (no spaces, for one): {e}"))

@@ -97,34 +97,23 @@ impl Tally {
 /// backend (or one given a new URL) gets its first check then, and a
 /// removed one's checks stop.
 pub async fn run(backends: Backends<Upstream>, checks: Checks) {
-    // Each backend's checker, by name, with the URL it checks.
-    let mut checkers: HashMap<String, (String, tokio::task::AbortHandle)> = HashMap::new();
+    let mut checkers = Checkers::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut rounds = tokio::time::interval(checks.interval);
     rounds.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         rounds.tick().await;
-        // Reap the checkers that ended (their backend was removed or
-        // given another URL), so that the set stays small.
+        // Reap the checkers aborted last round, so that the set stays small.
         while tasks.try_join_next().is_some() {}
-        let mut current = HashMap::new();
-        for status in backends.status() {
-            let name = status.name.as_str().to_owned();
-            if let Some(upstream) = backends.service(&name) {
-                current.insert(name, upstream);
-            }
-        }
-        checkers.retain(|name, (url, task)| {
-            let keep = current.get(name).is_some_and(|u| u.url() == url.as_str());
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for (name, upstream) in current {
-            if checkers.contains_key(&name) {
-                continue;
-            }
+        let current = backends
+            .status()
+            .into_iter()
+            .filter_map(|status| {
+                let name = status.name.as_str().to_owned();
+                backends.service(&name).map(|upstream| (name, upstream))
+            })
+            .collect();
+        for (name, upstream) in checkers.unchecked(current) {
             let url = upstream.url().to_owned();
             let task = tasks.spawn(check_one(
                 backends.clone(),
@@ -132,13 +121,35 @@ pub async fn run(backends: Backends<Upstream>, checks: Checks) {
                 upstream,
                 checks.clone(),
             ));
-            checkers.insert(name, (url, task));
+            checkers.0.insert(name, (url, task));
         }
     }
 }
 
-/// Checks one backend every `interval` until aborted, or until the
-/// backend is removed or its name given to another URL.
+/// Each backend's checker, by name, with the URL it checks.
+#[derive(Default)]
+struct Checkers(HashMap<String, (String, tokio::task::AbortHandle)>);
+
+impl Checkers {
+    /// Of the backends now in the pool, by name, those without a
+    /// checker. A checker whose backend is gone or has another URL is
+    /// stopped first, and one that has ended (it can only have panicked)
+    /// is replaced.
+    fn unchecked(&mut self, mut current: HashMap<String, Upstream>) -> HashMap<String, Upstream> {
+        self.0.retain(|name, (url, task)| {
+            let keep =
+                !task.is_finished() && current.get(name).is_some_and(|u| u.url() == url.as_str());
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        current.retain(|name, _| !self.0.contains_key(name));
+        current
+    }
+}
+
+/// Checks one backend every `interval` until aborted.
 async fn check_one(backends: Backends<Upstream>, name: String, upstream: Upstream, checks: Checks) {
     let mut tally = Tally::default();
     let mut ticks = tokio::time::interval(checks.interval);
@@ -148,15 +159,14 @@ async fn check_one(backends: Backends<Upstream>, name: String, upstream: Upstrea
     loop {
         ticks.tick().await;
         let result = upstream.check(&checks.path, checks.timeout).await;
-        // The backend may have been removed, or its name given to another
-        // URL, while the check ran: the verdict is this URL's only.
-        if backends
-            .service(&name)
-            .is_none_or(|now| now.url() != upstream.url())
-        {
-            return;
-        }
-        match tally.record(result, &checks) {
+        match apply(
+            &backends,
+            &name,
+            upstream.url(),
+            &mut tally,
+            result,
+            &checks,
+        ) {
             Some(Change::Failing(why)) => tracing::warn!(
                 backend = %name,
                 why = %why,
@@ -170,10 +180,29 @@ async fn check_one(backends: Backends<Upstream>, name: String, upstream: Upstrea
             ),
             None => {}
         }
-        // After every check, not only on a change: a backend removed and
-        // added again under the same URL has new counters, passing.
-        let _ = backends.set_checks_passing(&name, tally.passing());
     }
+}
+
+/// Counts a check of backend `name` at `url` and gives the pool the
+/// verdict, unless the name has meanwhile been removed or given another
+/// URL (the check, made before, says nothing about that one; the
+/// supervisor stops this checker at its next round). The verdict is given
+/// after every check, not only on a change: a backend removed and added
+/// again under the same URL has new counters, passing.
+fn apply(
+    backends: &Backends<Upstream>,
+    name: &str,
+    url: &str,
+    tally: &mut Tally,
+    result: Result<(), String>,
+    checks: &Checks,
+) -> Option<Change> {
+    if backends.service(name).is_none_or(|now| now.url() != url) {
+        return None;
+    }
+    let change = tally.record(result, checks);
+    let _ = backends.set_checks_passing(name, tally.passing());
+    change
 }
 
 #[cfg(test)]
@@ -243,40 +272,98 @@ mod tests {
         assert!(why.starts_with("cannot connect"), "{why}");
     }
 
-    /// A check under way when its backend is replaced (removed and added
-    /// again under its name, at another URL) says nothing about the new
-    /// one: its checker stops, and the new backend is not marked.
-    #[tokio::test]
-    async fn a_replaced_backends_last_check_is_not_the_new_ones() {
-        let silent = answering(b"").await;
+    fn pool(backends: &[(&str, &str)]) -> Backends<Upstream> {
         let config = PoolConfig::new(TokenCodec::new(
             KeyRing::new(["health check tests secret, 32 bytes"]).unwrap(),
             TokenConfig::new("sticky"),
         ));
-        let backends =
-            Backends::new(config, [(BackendSpec::new("b1"), upstream(&silent))]).unwrap();
+        Backends::new(
+            config,
+            backends
+                .iter()
+                .map(|(name, url)| (BackendSpec::new(*name), upstream(url))),
+        )
+        .unwrap()
+    }
+
+    /// A check's result reaches the backend it was made on, and not one
+    /// that has taken its name at another URL while it ran.
+    #[test]
+    fn a_check_of_a_replaced_backend_is_not_the_new_ones() {
+        let old = "http://127.0.0.1:9";
+        let backends = pool(&[("b1", old)]);
         let checks = Checks {
-            timeout: SHORT,
             fall: 1,
             ..checks()
         };
-        let checker = tokio::spawn(check_one(
-            backends.clone(),
-            "b1".to_owned(),
-            upstream(&silent),
-            checks,
-        ));
-        // The first check is under way (the backend never answers).
+        let mut tally = Tally::default();
         backends.remove("b1").unwrap();
-        let replacement = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
         backends
-            .add(BackendSpec::new("b1"), upstream(&replacement))
+            .add(BackendSpec::new("b1"), upstream("http://127.0.0.1:10"))
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(10), checker)
-            .await
-            .expect("the checker stops once its check is over")
-            .unwrap();
+        assert_eq!(
+            apply(&backends, "b1", old, &mut tally, fail(), &checks),
+            None
+        );
         assert!(!backends.status()[0].failing_checks);
+        assert!(tally.passing(), "nor is it counted");
+
+        // The same URL again: the same server, and its checker's verdict
+        // reaches the new entry.
+        backends.remove("b1").unwrap();
+        backends.add(BackendSpec::new("b1"), upstream(old)).unwrap();
+        assert!(apply(&backends, "b1", old, &mut tally, fail(), &checks).is_some());
+        assert!(backends.status()[0].failing_checks);
+    }
+
+    /// The supervisor keeps one live checker per backend and URL.
+    #[tokio::test]
+    async fn each_backend_keeps_one_live_checker() {
+        let mut checkers = Checkers::default();
+        let now = |entries: &[(&str, &str)]| -> HashMap<String, Upstream> {
+            entries
+                .iter()
+                .map(|(name, url)| ((*name).to_owned(), upstream(url)))
+                .collect()
+        };
+        let names = |unchecked: HashMap<String, Upstream>| {
+            let mut names: Vec<String> = unchecked.into_keys().collect();
+            names.sort();
+            names
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        let pending =
+            |tasks: &mut tokio::task::JoinSet<()>| tasks.spawn(std::future::pending::<()>());
+        let b1 = "http://127.0.0.1:9";
+        let b2 = "http://127.0.0.1:10";
+        assert_eq!(
+            names(checkers.unchecked(now(&[("b1", b1), ("b2", b2)]))),
+            ["b1", "b2"]
+        );
+        checkers
+            .0
+            .insert("b1".into(), (b1.into(), pending(&mut tasks)));
+        checkers
+            .0
+            .insert("b2".into(), (b2.into(), pending(&mut tasks)));
+        assert!(checkers
+            .unchecked(now(&[("b1", b1), ("b2", b2)]))
+            .is_empty());
+
+        // b2 is given another URL: its checker is stopped and replaced.
+        let old = checkers.0["b2"].1.clone();
+        assert_eq!(
+            names(checkers.unchecked(now(&[("b1", b1), ("b2", b1)]))),
+            ["b2"]
+        );
+        let stopped = tasks.join_next().await.unwrap();
+        assert!(stopped.unwrap_err().is_cancelled() && old.is_finished());
+
+        // b1's checker ended on its own: b1 gets a new one. b2 is gone.
+        checkers.0["b1"].1.abort();
+        tasks.join_next().await;
+        assert_eq!(names(checkers.unchecked(now(&[("b1", b1)]))), ["b1"]);
+        assert!(checkers.0.is_empty());
     }
 
     fn checks() -> Checks {

@@ -79,6 +79,20 @@ pub struct BackendStats {
     consecutive_failures: AtomicU32,
 }
 
+/// A backend's health at one moment, as [`BackendStats::health`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// Takes requests (a rest whose cooldown is over, with its half-open
+    /// probe not yet claimed, counts as up).
+    Up,
+    /// Passive health took it out; it rests until its cooldown is over
+    /// and a probe succeeds.
+    Resting,
+    /// Its health checks fail ([`BackendStats::fail_checks`]).
+    FailingChecks,
+}
+
 /// A plain copy of a backend's counters, for dashboards and admin APIs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -191,23 +205,22 @@ impl BackendStats {
     /// checks, not the operator, say when it answers again.
     pub fn restore(&self) {
         self.consecutive_failures.store(0, Relaxed);
-        self.end_rest();
+        self.set_rest(0);
         self.probe_at_ms.store(0, Relaxed);
     }
 
-    /// Ends a passive-health rest, leaving a health checks' hold alone.
-    fn end_rest(&self) {
-        let _ = self.down_until_ms.fetch_update(Relaxed, Relaxed, |until| {
-            (until != FAILING_CHECKS).then_some(0)
+    /// Sets the end of a passive-health rest (milliseconds; 0 ends it),
+    /// leaving a health checks' hold alone.
+    fn set_rest(&self, until: u64) {
+        let _ = self.down_until_ms.fetch_update(Relaxed, Relaxed, |now| {
+            (now != FAILING_CHECKS).then_some(until)
         });
     }
 
     /// Rests the backend until `until` (milliseconds), unless its health
     /// checks hold it out already.
     fn rest_until(&self, until: u64) {
-        let _ = self.down_until_ms.fetch_update(Relaxed, Relaxed, |now| {
-            (now != FAILING_CHECKS).then_some(until)
-        });
+        self.set_rest(until);
         self.probe_at_ms.store(0, Relaxed);
     }
 
@@ -265,8 +278,19 @@ impl BackendStats {
     /// still be due; this does not claim it), or its health checks hold it
     /// out.
     pub fn is_down(&self, now: Duration) -> bool {
-        let until = self.down_until_ms.load(Relaxed);
-        until != 0 && (millis(now) < until || self.probe_at_ms.load(Relaxed) != 0)
+        self.health(now) != Health::Up
+    }
+
+    /// Whether the backend is up at `now`, resting after passive health
+    /// took it out (a probe may still be due; this does not claim it), or
+    /// held out by its health checks.
+    pub fn health(&self, now: Duration) -> Health {
+        match self.down_until_ms.load(Relaxed) {
+            0 => Health::Up,
+            FAILING_CHECKS => Health::FailingChecks,
+            until if millis(now) < until || self.probe_at_ms.load(Relaxed) != 0 => Health::Resting,
+            _ => Health::Up,
+        }
     }
 
     /// Whether [`admit`](Self::admit) would let a request through at
@@ -410,6 +434,23 @@ mod tests {
         assert!(!s.admit(&policy(), now + Duration::from_secs(5)));
         s.pass_checks();
         assert!(s.admit(&policy(), now));
+    }
+
+    #[test]
+    fn health_tells_a_rest_from_failing_checks() {
+        let s = BackendStats::default();
+        let now = Duration::from_secs(100);
+        assert_eq!(s.health(now), Health::Up);
+        s.record_refused(&policy(), now);
+        assert_eq!(s.health(now), Health::Resting);
+        let later = now + Duration::from_secs(5);
+        assert_eq!(s.health(later), Health::Up, "the cooldown is over");
+        assert!(s.admit(&policy(), later));
+        assert_eq!(s.health(later), Health::Resting, "its probe is under way");
+        s.fail_checks();
+        assert_eq!(s.health(later), Health::FailingChecks);
+        s.pass_checks();
+        assert_eq!(s.health(later), Health::Up);
     }
 
     #[test]

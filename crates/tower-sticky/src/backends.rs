@@ -84,6 +84,7 @@ impl<S> fmt::Debug for Backends<S> {
 
 /// One backend as an admin API or dashboard shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BackendStatus {
     /// Name.
     pub name: BackendId,
@@ -93,7 +94,9 @@ pub struct BackendStatus {
     /// failing health checks).
     pub state: BackendState,
     /// The state set through the handle (or the configuration), whatever
-    /// health says: what the backend returns to once it is healthy.
+    /// health says: what the backend returns to once it is healthy
+    /// (`Unhealthy` only when set so by hand, with
+    /// [`Backends::set_state`]).
     pub admin_state: BackendState,
     /// Group, if any.
     pub group: Option<GroupId>,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::header::{HeaderValue, CACHE_CONTROL, SET_COOKIE};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use sticky_core::{BackendStats, Decision, HealthPolicy, InFlight, Keys, Outcome};
+use sticky_core::{BackendStats, Decision, Health, HealthPolicy, InFlight, Keys, Outcome};
 use tower_service::Service;
 
 use crate::affinity::{KeySource, Sources};
@@ -154,25 +154,23 @@ impl<S> Ctx<S> {
         record: impl FnOnce(&BackendStats, &HealthPolicy, Duration),
     ) {
         let policy = &self.table.snapshot.config().health;
-        let was_down = stats.is_down(self.now);
+        let before = stats.health(self.now);
         record(stats, policy, self.now);
-        let is_down = stats.is_down(self.now);
-        // A health checker's verdict in between is the checker's to tell.
-        if was_down == is_down || stats.failing_checks() {
-            return;
-        }
-        let backend = self.backend_id().map_or("?", |b| b.as_str());
-        match (was_down, is_down) {
-            (false, true) => tracing::warn!(
-                backend,
+        let after = stats.health(self.now);
+        // Only passive health's own changes: a health checker's verdict,
+        // even one landing in between, is the checker's to tell.
+        let backend = || self.backend_id().map_or("?", |b| b.as_str());
+        match (before, after) {
+            (Health::Up, Health::Resting) => tracing::warn!(
+                backend = backend(),
                 why,
                 failure_threshold = policy.failure_threshold,
                 cooldown_secs = policy.cooldown.as_secs(),
                 "backend taken out of service by passive health"
             ),
-            (true, false) => {
+            (Health::Resting, Health::Up) => {
                 tracing::info!(
-                    backend,
+                    backend = backend(),
                     "backend back in service: a request to it succeeded"
                 )
             }
