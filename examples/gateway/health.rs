@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use tokio::time::MissedTickBehavior;
+use tower_sticky::sticky_core::{CheckPolicy, CheckVerdict};
 use tower_sticky::Backends;
 
 use crate::proxy::Upstream;
@@ -29,17 +30,8 @@ pub struct Checks {
     pub interval: Duration,
     /// How long one check may take, connecting included.
     pub timeout: Duration,
-    /// Passes in a row that bring a failing backend back.
-    pub rise: u32,
-    /// Failures in a row that take a passing backend out.
-    pub fall: u32,
-}
-
-/// A backend's verdict, and the results in a row that go against it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tally {
-    passing: bool,
-    against: u32,
+    /// Passes and failures in a row that change a backend's verdict.
+    pub policy: CheckPolicy,
 }
 
 /// A verdict that a check changed.
@@ -49,46 +41,6 @@ pub enum Change {
     Passing,
     /// Failing, and why the last check failed.
     Failing(String),
-}
-
-/// A backend passes until its checks say otherwise.
-impl Default for Tally {
-    fn default() -> Self {
-        Tally {
-            passing: true,
-            against: 0,
-        }
-    }
-}
-
-impl Tally {
-    /// Whether the backend passes its checks.
-    pub fn passing(&self) -> bool {
-        self.passing
-    }
-
-    /// Counts one check's result; says when it changed the verdict.
-    pub fn record(&mut self, result: Result<(), String>, checks: &Checks) -> Option<Change> {
-        if result.is_ok() == self.passing {
-            self.against = 0;
-            return None;
-        }
-        self.against += 1;
-        let needed = if self.passing {
-            checks.fall
-        } else {
-            checks.rise
-        };
-        if self.against < needed {
-            return None;
-        }
-        self.passing = !self.passing;
-        self.against = 0;
-        Some(match result {
-            Ok(()) => Change::Passing,
-            Err(why) => Change::Failing(why),
-        })
-    }
 }
 
 /// Checks every backend of `backends`, each on its own timer, for as
@@ -151,7 +103,7 @@ impl Checkers {
 
 /// Checks one backend every `interval` until aborted.
 async fn check_one(backends: Backends<Upstream>, name: String, upstream: Upstream, checks: Checks) {
-    let mut tally = Tally::default();
+    let mut verdict = CheckVerdict::default();
     let mut ticks = tokio::time::interval(checks.interval);
     // A check that outlasts the interval delays the next one instead of
     // bringing checks back to back.
@@ -163,19 +115,19 @@ async fn check_one(backends: Backends<Upstream>, name: String, upstream: Upstrea
             &backends,
             &name,
             upstream.url(),
-            &mut tally,
+            &mut verdict,
             result,
-            &checks,
+            &checks.policy,
         ) {
             Some(Change::Failing(why)) => tracing::warn!(
                 backend = %name,
                 why = %why,
-                fall = checks.fall,
+                fall = checks.policy.fall,
                 "backend failing its health checks: it takes no requests until they pass"
             ),
             Some(Change::Passing) => tracing::info!(
                 backend = %name,
-                rise = checks.rise,
+                rise = checks.policy.rise,
                 "backend passing its health checks again"
             ),
             None => {}
@@ -193,16 +145,19 @@ fn apply(
     backends: &Backends<Upstream>,
     name: &str,
     url: &str,
-    tally: &mut Tally,
+    verdict: &mut CheckVerdict,
     result: Result<(), String>,
-    checks: &Checks,
+    policy: &CheckPolicy,
 ) -> Option<Change> {
     if backends.service(name).is_none_or(|now| now.url() != url) {
         return None;
     }
-    let change = tally.record(result, checks);
-    let _ = backends.set_checks_passing(name, tally.passing());
-    change
+    let changed = verdict.record(result.is_ok(), policy);
+    let _ = backends.set_checks_passing(name, verdict.passing());
+    changed.map(|_| match result {
+        Ok(()) => Change::Passing,
+        Err(why) => Change::Failing(why),
+    })
 }
 
 #[cfg(test)]
@@ -292,28 +247,36 @@ mod tests {
     fn a_check_of_a_replaced_backend_is_not_the_new_ones() {
         let old = "http://127.0.0.1:9";
         let backends = pool(&[("b1", old)]);
-        let checks = Checks {
-            fall: 1,
-            ..checks()
-        };
-        let mut tally = Tally::default();
+        let policy = CheckPolicy { rise: 1, fall: 1 };
+        let mut verdict = CheckVerdict::default();
         backends.remove("b1").unwrap();
         backends
             .add(BackendSpec::new("b1"), upstream("http://127.0.0.1:10"))
             .unwrap();
         assert_eq!(
-            apply(&backends, "b1", old, &mut tally, fail(), &checks),
+            apply(&backends, "b1", old, &mut verdict, fail(), &policy),
             None
         );
         assert!(!backends.status()[0].failing_checks);
-        assert!(tally.passing(), "nor is it counted");
+        assert!(verdict.passing(), "nor is it counted");
 
         // The same URL again: the same server, and its checker's verdict
         // reaches the new entry.
         backends.remove("b1").unwrap();
         backends.add(BackendSpec::new("b1"), upstream(old)).unwrap();
-        assert!(apply(&backends, "b1", old, &mut tally, fail(), &checks).is_some());
+        assert_eq!(
+            apply(&backends, "b1", old, &mut verdict, fail(), &policy),
+            Some(Change::Failing(
+                "answered 503 Service Unavailable".to_owned()
+            )),
+            "a change says why"
+        );
         assert!(backends.status()[0].failing_checks);
+        assert_eq!(
+            apply(&backends, "b1", old, &mut verdict, Ok(()), &policy),
+            Some(Change::Passing)
+        );
+        assert!(!backends.status()[0].failing_checks);
     }
 
     /// The supervisor keeps one live checker per backend and URL.
@@ -366,48 +329,7 @@ mod tests {
         assert!(checkers.0.is_empty());
     }
 
-    fn checks() -> Checks {
-        Checks {
-            path: PathAndQuery::from_static("/healthz"),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            rise: 2,
-            fall: 3,
-        }
-    }
-
     fn fail() -> Result<(), String> {
         Err("answered 503 Service Unavailable".to_owned())
-    }
-
-    /// `fall` failures in a row take a backend out and `rise` passes
-    /// bring it back; a result the other way in between starts the count
-    /// again.
-    #[test]
-    fn only_results_in_a_row_change_the_verdict() {
-        let checks = checks();
-        let mut tally = Tally::default();
-        assert!(tally.passing(), "a backend starts as passing");
-        assert_eq!(tally.record(fail(), &checks), None);
-        assert_eq!(tally.record(fail(), &checks), None);
-        assert_eq!(tally.record(Ok(()), &checks), None);
-        assert_eq!(tally.record(fail(), &checks), None);
-        assert_eq!(tally.record(fail(), &checks), None);
-        assert!(tally.passing(), "two failures, a pass, two failures");
-        assert_eq!(
-            tally.record(fail(), &checks),
-            Some(Change::Failing(
-                "answered 503 Service Unavailable".to_owned()
-            ))
-        );
-        assert!(!tally.passing());
-        assert_eq!(tally.record(fail(), &checks), None);
-        assert_eq!(tally.record(Ok(()), &checks), None);
-        assert_eq!(tally.record(fail(), &checks), None);
-        assert_eq!(tally.record(Ok(()), &checks), None);
-        assert!(!tally.passing(), "passes not in a row");
-        assert_eq!(tally.record(Ok(()), &checks), Some(Change::Passing));
-        assert!(tally.passing());
-        assert_eq!(tally.record(Ok(()), &checks), None);
     }
 }

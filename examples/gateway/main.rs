@@ -165,8 +165,10 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
                 path,
                 interval: args.health_interval,
                 timeout: args.health_timeout,
-                rise: args.health_rise,
-                fall: args.health_fall,
+                policy: tower_sticky::sticky_core::CheckPolicy {
+                    rise: args.health_rise,
+                    fall: args.health_fall,
+                },
             },
         ));
     }

@@ -79,6 +79,87 @@ pub struct BackendStats {
     consecutive_failures: AtomicU32,
 }
 
+/// How many active health checks in a row change a checker's verdict, as
+/// HAProxy's `rise` and `fall` (both at least 1; 0 counts as 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckPolicy {
+    /// Passes in a row that bring a failing backend back.
+    pub rise: u32,
+    /// Failures in a row that take a passing backend out.
+    pub fall: u32,
+}
+
+impl Default for CheckPolicy {
+    /// HAProxy's defaults: back after 2 passes, out after 3 failures.
+    fn default() -> Self {
+        Self { rise: 2, fall: 3 }
+    }
+}
+
+/// An active health checker's verdict on one backend: passing at first,
+/// changed only by [`CheckPolicy::fall`] failures or
+/// [`CheckPolicy::rise`] passes in a row. Hand the verdict to the pool
+/// after every check ([`BackendStats::fail_checks`] or
+/// [`pass_checks`](BackendStats::pass_checks)).
+///
+/// ```
+/// use sticky_core::health::{CheckPolicy, CheckVerdict};
+///
+/// let policy = CheckPolicy { rise: 2, fall: 2 };
+/// let mut verdict = CheckVerdict::default();
+/// assert_eq!(verdict.record(false, &policy), None);
+/// assert_eq!(verdict.record(false, &policy), Some(false), "out after two failures");
+/// assert_eq!(verdict.record(true, &policy), None);
+/// assert_eq!(verdict.record(false, &policy), None, "not two passes in a row");
+/// assert_eq!(verdict.record(true, &policy), None);
+/// assert_eq!(verdict.record(true, &policy), Some(true));
+/// assert!(verdict.passing());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckVerdict {
+    passing: bool,
+    /// Results in a row against the verdict.
+    against: u32,
+}
+
+impl Default for CheckVerdict {
+    /// Passing, until checks say otherwise.
+    fn default() -> Self {
+        Self {
+            passing: true,
+            against: 0,
+        }
+    }
+}
+
+impl CheckVerdict {
+    /// Whether the backend passes its checks.
+    pub fn passing(&self) -> bool {
+        self.passing
+    }
+
+    /// Counts one check (`passed` or not); returns the new verdict when
+    /// this check changed it.
+    pub fn record(&mut self, passed: bool, policy: &CheckPolicy) -> Option<bool> {
+        if passed == self.passing {
+            self.against = 0;
+            return None;
+        }
+        self.against += 1;
+        let needed = if self.passing {
+            policy.fall
+        } else {
+            policy.rise
+        };
+        if self.against < needed.max(1) {
+            return None;
+        }
+        self.passing = passed;
+        self.against = 0;
+        Some(passed)
+    }
+}
+
 /// A backend's health at one moment, as [`BackendStats::health`] reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -451,6 +532,29 @@ mod tests {
         assert_eq!(s.health(later), Health::FailingChecks);
         s.pass_checks();
         assert_eq!(s.health(later), Health::Up);
+    }
+
+    /// `fall` failures in a row take a backend out and `rise` passes
+    /// bring it back; a result the other way in between starts the count
+    /// again.
+    #[test]
+    fn only_checks_in_a_row_change_the_verdict() {
+        let policy = CheckPolicy::default();
+        let mut v = CheckVerdict::default();
+        assert!(v.passing(), "a backend starts as passing");
+        for passed in [false, false, true, false, false] {
+            assert_eq!(v.record(passed, &policy), None);
+        }
+        assert!(v.passing(), "two failures, a pass, two failures");
+        assert_eq!(v.record(false, &policy), Some(false));
+        for passed in [false, true, false, true] {
+            assert_eq!(v.record(passed, &policy), None);
+        }
+        assert!(!v.passing(), "passes not in a row");
+        assert_eq!(v.record(true, &policy), Some(true));
+        assert_eq!(v.record(true, &policy), None);
+        let zero = CheckPolicy { rise: 0, fall: 0 };
+        assert_eq!(v.record(false, &zero), Some(false), "0 counts as 1");
     }
 
     #[test]

@@ -69,6 +69,6 @@ pub mod token;
 
 pub use backend::{BackendId, BackendSpec, BackendState, GroupId, MAX_WEIGHT};
 pub use decide::{Decision, FailoverPolicy, KeyKind, Keys, Outcome, Reason};
-pub use health::{BackendStats, Counters, Health, HealthPolicy};
+pub use health::{BackendStats, CheckPolicy, CheckVerdict, Counters, Health, HealthPolicy};
 pub use pool::{Pool, PoolConfig};
 pub use snapshot::{ConfigError, InFlight, Member, Membership, Snapshot};
