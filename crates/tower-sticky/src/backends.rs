@@ -266,6 +266,8 @@ impl<S: Clone> Backends<S> {
     /// (a drained backend stays draining). Call it after every check: the
     /// verdict belongs to the backend's counters, and a backend added
     /// again under the same name starts passing.
+    /// [`CheckVerdict`](sticky_core::CheckVerdict) turns single checks into
+    /// a verdict that changes only after several in a row.
     ///
     /// ```
     /// use std::convert::Infallible;
