@@ -258,3 +258,42 @@ async fn a_hung_backend_does_not_hold_up_the_checks_of_the_others() {
         "{list:?}"
     );
 }
+
+/// A backend added through the admin API while checks run takes no
+/// session before its first check passes: sessions placed on a server
+/// not yet ready would have to move again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_added_while_serving_waits_for_its_first_check() {
+    let (servers, _) = three_troubled().await;
+    let gateway = Gateway::start(
+        &servers.iter().collect::<Vec<_>>(),
+        &["--health-check", "/check", "--health-interval", "0.05"],
+    )
+    .await;
+    let (b4, trouble) = troubled("b4").await;
+    trouble.failing.store(true, Ordering::SeqCst);
+    let body = format!(r#"{{"name": "b4", "url": "{}"}}"#, b4.url());
+    let (status, added) = gateway.admin(Method::POST, "/backends", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    assert_eq!(
+        (
+            &added["state"],
+            &added["admin_state"],
+            &added["failing_checks"]
+        ),
+        (&json!("unhealthy"), &json!("active"), &json!(true)),
+        "{added}"
+    );
+    let homes = homes_of_new_clients(&gateway, 40).await;
+    assert!(!homes.contains_key("b4"), "{homes:?}");
+    let list = gateway.list().await;
+    assert_eq!(
+        list["b4"]["failing_checks"], true,
+        "still failing: {list:?}"
+    );
+
+    trouble.failing.store(false, Ordering::SeqCst);
+    wait_for(&gateway, "b4", "active", false).await;
+    let homes = homes_of_new_clients(&gateway, 40).await;
+    assert_eq!(homes.get("b4"), Some(&10), "{homes:?}");
+}

@@ -22,7 +22,8 @@
 //! tells). `admin_state` is what the admin API (or the command line) set:
 //! `active`, `draining` or `disabled`, which an unhealthy backend returns
 //! to once healthy. A backend failing its checks stays out until they
-//! pass, whatever its `admin_state`.
+//! pass, whatever its `admin_state`; one added with `POST /backends` while
+//! checks run is failing them until its first check passes.
 //!
 //! Under hash-key affinity (`header:`, `app-cookie:`, `query:`, `ip`) a
 //! key is bound to its backend from its first request: the gateway keeps
@@ -115,7 +116,10 @@ use crate::proxy::{ProxyOptions, Upstream};
 
 /// The admin API over `backends`; `options` configure the upstreams that
 /// `POST /backends` adds.
-pub fn router(backends: Backends<Upstream>, options: ProxyOptions) -> Router {
+/// The admin router. With `health_checks` (the gateway runs them), a
+/// backend added through the API takes nothing until its first check
+/// passes.
+pub fn router(backends: Backends<Upstream>, options: ProxyOptions, health_checks: bool) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
@@ -129,13 +133,19 @@ pub fn router(backends: Backends<Upstream>, options: ProxyOptions) -> Router {
         .route("/groups/{group}/weight/{weight}", post(set_group_weight))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .with_state(Admin { backends, options })
+        .with_state(Admin {
+            backends,
+            options,
+            health_checks,
+        })
 }
 
 #[derive(Clone)]
 struct Admin {
     backends: Backends<Upstream>,
     options: ProxyOptions,
+    /// Whether health checks run; a new backend then waits for its first.
+    health_checks: bool,
 }
 
 /// One backend, as the API shows it.
@@ -489,7 +499,17 @@ async fn add(
         }
         spec = spec.group(group.as_str());
     }
-    admin.backends.add(spec, upstream)?;
+    if admin.health_checks {
+        // Out of service (with nothing placed there meanwhile) until its
+        // first check passes; its checker starts from that verdict.
+        admin
+            .backends
+            .add(spec.state(BackendState::Disabled), upstream)?;
+        admin.backends.set_checks_passing(&new.name, false)?;
+        admin.backends.set_state(&new.name, BackendState::Active)?;
+    } else {
+        admin.backends.add(spec, upstream)?;
+    }
     tracing::info!(backend = %new.name, %url, weight = new.weight, "admin: backend added");
     Ok((StatusCode::CREATED, admin.backend(&new.name)?))
 }
@@ -801,7 +821,7 @@ mod tests {
             ],
         )
         .unwrap();
-        router(backends, ProxyOptions::default())
+        router(backends, ProxyOptions::default(), false)
     }
 
     async fn call(

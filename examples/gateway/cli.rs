@@ -138,7 +138,8 @@ pub struct Args {
     /// --health-timeout) takes nothing until it passes --health-rise in a
     /// row: its sessions move (with a new cookie), or get 503 with
     /// --failover strict. A drained or disabled backend keeps that state
-    /// when its checks pass again. Default: no checks; failing requests
+    /// when its checks pass again. A backend added through the admin API
+    /// takes nothing until its first check passes. Default: no checks; failing requests
     /// alone take a backend out, for 10 seconds at a time.
     #[arg(long, value_name = "PATH", value_parser = health_path)]
     pub health_check: Option<PathAndQuery>,

@@ -2,8 +2,9 @@
 //! the health path on a connection of its own, on a timer of its own. A
 //! backend that fails `fall` checks in a row takes nothing (its sessions
 //! fail over, or get 503 in strict mode) until it passes `rise` in a row.
-//! Backends start as passing; those added through the admin API are
-//! checked within an interval. Disabled backends are checked too, so that
+//! Backends given at start begin as passing; one added through the
+//! admin API begins failing, and is checked within an interval: its first
+//! check decides (as Envoy does for new hosts). Disabled backends are checked too, so that
 //! the verdict is current when they are enabled.
 //!
 //! The verdict is kept apart from what an operator sets: a drained
@@ -103,7 +104,12 @@ impl Checkers {
 
 /// Checks one backend every `interval` until aborted.
 async fn check_one(backends: Backends<Upstream>, name: String, upstream: Upstream, checks: Checks) {
-    let mut verdict = CheckVerdict::default();
+    // A backend added through the admin API comes failing its checks,
+    // until the first passes; one from the command line passing.
+    let mut verdict = match backends.snapshot().member_by_name(&name) {
+        Some(member) if member.stats().failing_checks() => CheckVerdict::pending(),
+        _ => CheckVerdict::default(),
+    };
     let mut ticks = tokio::time::interval(checks.interval);
     // A check that outlasts the interval delays the next one instead of
     // bringing checks back to back.

@@ -195,7 +195,7 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     let (stop, _) = tokio::sync::watch::channel(false);
     let admin = tokio::spawn(serve_admin(
         admin_listener,
-        admin::router(backends, options),
+        admin::router(backends, options, args.health_check.is_some()),
         client_timeout,
         stop.subscribe(),
     ));

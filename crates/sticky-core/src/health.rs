@@ -120,6 +120,8 @@ pub struct CheckVerdict {
     passing: bool,
     /// Results in a row against the verdict.
     against: u32,
+    /// No check has been counted yet, and the first decides.
+    pending: bool,
 }
 
 impl Default for CheckVerdict {
@@ -128,11 +130,32 @@ impl Default for CheckVerdict {
         Self {
             passing: true,
             against: 0,
+            pending: false,
         }
     }
 }
 
 impl CheckVerdict {
+    /// Failing until the first check, which decides either way: for a
+    /// backend added while serving, which should take no sessions before
+    /// it has answered once (Envoy's rule for new hosts). `rise` and
+    /// `fall` count from then on.
+    ///
+    /// ```
+    /// use sticky_core::health::{CheckPolicy, CheckVerdict};
+    ///
+    /// let mut verdict = CheckVerdict::pending();
+    /// assert!(!verdict.passing());
+    /// assert_eq!(verdict.record(true, &CheckPolicy::default()), Some(true));
+    /// ```
+    pub fn pending() -> Self {
+        Self {
+            passing: false,
+            against: 0,
+            pending: true,
+        }
+    }
+
     /// Whether the backend passes its checks.
     pub fn passing(&self) -> bool {
         self.passing
@@ -141,6 +164,10 @@ impl CheckVerdict {
     /// Counts one check (`passed` or not); returns the new verdict when
     /// this check changed it.
     pub fn record(&mut self, passed: bool, policy: &CheckPolicy) -> Option<bool> {
+        if std::mem::take(&mut self.pending) && passed {
+            self.passing = true;
+            return Some(true);
+        }
         if passed == self.passing {
             self.against = 0;
             return None;
@@ -555,6 +582,22 @@ mod tests {
         assert_eq!(v.record(true, &policy), None);
         let zero = CheckPolicy { rise: 0, fall: 0 };
         assert_eq!(v.record(false, &zero), Some(false), "0 counts as 1");
+    }
+
+    /// A pending verdict fails until the first check; a first pass is
+    /// enough, a first failure leaves `rise` passes to go.
+    #[test]
+    fn a_pending_verdict_waits_for_one_check() {
+        let policy = CheckPolicy::default();
+        let mut v = CheckVerdict::pending();
+        assert!(!v.passing());
+        assert_eq!(v.record(true, &policy), Some(true));
+        assert_eq!(v.record(false, &policy), None, "fall counts from then on");
+
+        let mut v = CheckVerdict::pending();
+        assert_eq!(v.record(false, &policy), None);
+        assert_eq!(v.record(true, &policy), None);
+        assert_eq!(v.record(true, &policy), Some(true), "then rise passes");
     }
 
     #[test]
