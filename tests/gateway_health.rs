@@ -69,6 +69,13 @@ async fn three_troubled() -> (Vec<Backend>, Vec<Arc<Trouble>>) {
     (servers, troubles)
 }
 
+/// A gateway over `servers` checking `/check` with the flags `settings`.
+async fn checking(servers: &[Backend], settings: &[&str]) -> Gateway {
+    let mut args = vec!["--health-check", "/check"];
+    args.extend_from_slice(settings);
+    Gateway::start(&servers.iter().collect::<Vec<_>>(), &args).await
+}
+
 /// Waits until the admin API shows `name` in `state`, with its checks
 /// `failing` or not.
 async fn wait_for(gateway: &Gateway, name: &str, state: &str, failing: bool) {
@@ -89,11 +96,9 @@ async fn wait_for(gateway: &Gateway, name: &str, state: &str, failing: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_checks_move_sessions_and_a_passing_backend_keeps_its_drain() {
     let (servers, troubles) = three_troubled().await;
-    let gateway = Gateway::start(
-        &servers.iter().collect::<Vec<_>>(),
+    let gateway = checking(
+        &servers,
         &[
-            "--health-check",
-            "/check",
             "--health-interval",
             "0.05",
             "--health-fall",
@@ -174,11 +179,9 @@ async fn failing_checks_move_sessions_and_a_passing_backend_keeps_its_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_backend_is_taken_out_before_its_sessions_wait_on_it() {
     let (servers, troubles) = three_troubled().await;
-    let gateway = Gateway::start(
-        &servers.iter().collect::<Vec<_>>(),
+    let gateway = checking(
+        &servers,
         &[
-            "--health-check",
-            "/check",
             "--health-interval",
             "0.1",
             "--health-timeout",
@@ -227,11 +230,9 @@ async fn a_hung_backend_is_taken_out_before_its_sessions_wait_on_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_backend_does_not_hold_up_the_checks_of_the_others() {
     let (servers, troubles) = three_troubled().await;
-    let gateway = Gateway::start(
-        &servers.iter().collect::<Vec<_>>(),
+    let gateway = checking(
+        &servers,
         &[
-            "--health-check",
-            "/check",
             "--health-interval",
             "0.05",
             "--health-timeout",
@@ -265,11 +266,7 @@ async fn a_hung_backend_does_not_hold_up_the_checks_of_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_added_while_serving_waits_for_its_first_check() {
     let (servers, _) = three_troubled().await;
-    let gateway = Gateway::start(
-        &servers.iter().collect::<Vec<_>>(),
-        &["--health-check", "/check", "--health-interval", "0.05"],
-    )
-    .await;
+    let gateway = checking(&servers, &["--health-interval", "0.05"]).await;
     let (b4, trouble) = troubled("b4").await;
     trouble.failing.store(true, Ordering::SeqCst);
     let body = format!(r#"{{"name": "b4", "url": "{}"}}"#, b4.url());
