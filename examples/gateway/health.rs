@@ -4,8 +4,8 @@
 //! fail over, or get 503 in strict mode) until it passes `rise` in a row.
 //! Backends given at start begin as passing; one added through the
 //! admin API begins failing, and is checked within an interval: its first
-//! check decides (as Envoy does for new hosts). Disabled backends are checked too, so that
-//! the verdict is current when they are enabled.
+//! check decides (as Envoy does for new hosts). Disabled backends are
+//! checked too, so that the verdict is current when they are enabled.
 //!
 //! The verdict is kept apart from what an operator sets: a drained
 //! backend that fails and recovers is draining again, and `enable` does
@@ -104,12 +104,7 @@ impl Checkers {
 
 /// Checks one backend every `interval` until aborted.
 async fn check_one(backends: Backends<Upstream>, name: String, upstream: Upstream, checks: Checks) {
-    // A backend added through the admin API comes failing its checks,
-    // until the first passes; one from the command line passing.
-    let mut verdict = match backends.snapshot().member_by_name(&name) {
-        Some(member) if member.stats().failing_checks() => CheckVerdict::pending(),
-        _ => CheckVerdict::default(),
-    };
+    let mut verdict = CheckVerdict::default();
     let mut ticks = tokio::time::interval(checks.interval);
     // A check that outlasts the interval delays the next one instead of
     // bringing checks back to back.
@@ -144,9 +139,13 @@ async fn check_one(backends: Backends<Upstream>, name: String, upstream: Upstrea
 /// Counts a check of backend `name` at `url` and gives the pool the
 /// verdict, unless the name has meanwhile been removed or given another
 /// URL (the check, made before, says nothing about that one; the
-/// supervisor stops this checker at its next round). The verdict is given
-/// after every check, not only on a change: a backend removed and added
-/// again under the same URL has new counters, passing.
+/// supervisor stops this checker at its next round).
+///
+/// A backend the pool holds as failing while this verdict passes was
+/// added through the admin API since (at start, or again under the same
+/// URL): its verdict is pending, and this check decides. The verdict is
+/// given after every check, not only on a change, so that it reaches a
+/// backend added again with new counters.
 fn apply(
     backends: &Backends<Upstream>,
     name: &str,
@@ -157,6 +156,13 @@ fn apply(
 ) -> Option<Change> {
     if backends.service(name).is_none_or(|now| now.url() != url) {
         return None;
+    }
+    let held = backends
+        .snapshot()
+        .member_by_name(name)
+        .is_some_and(|member| member.stats().failing_checks());
+    if held && verdict.passing() {
+        *verdict = CheckVerdict::pending();
     }
     let changed = verdict.record(result.is_ok(), policy);
     let _ = backends.set_checks_passing(name, verdict.passing());
@@ -278,6 +284,26 @@ mod tests {
             "a change says why"
         );
         assert!(backends.status()[0].failing_checks);
+        assert_eq!(
+            apply(&backends, "b1", old, &mut verdict, Ok(()), &policy),
+            Some(Change::Passing)
+        );
+        assert!(!backends.status()[0].failing_checks);
+
+        // Added again through the admin API, which holds it out until a
+        // check passes: a passing verdict does not let it in unchecked.
+        let policy = CheckPolicy { rise: 1, fall: 3 };
+        backends.remove("b1").unwrap();
+        backends.add(BackendSpec::new("b1"), upstream(old)).unwrap();
+        backends.set_checks_passing("b1", false).unwrap();
+        assert_eq!(
+            apply(&backends, "b1", old, &mut verdict, fail(), &policy),
+            None
+        );
+        assert!(
+            backends.status()[0].failing_checks,
+            "its first check failed"
+        );
         assert_eq!(
             apply(&backends, "b1", old, &mut verdict, Ok(()), &policy),
             Some(Change::Passing)
