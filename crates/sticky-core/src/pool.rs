@@ -8,9 +8,10 @@ use crate::backend::{BackendSpec, BackendState, GroupId};
 use crate::decide::FailoverPolicy;
 use crate::health::HealthPolicy;
 use crate::snapshot::{ConfigError, Membership, Snapshot};
-use crate::token::TokenCodec;
+use crate::token::{KeyRing, TokenCodec};
 
-/// Settings that hold for the life of a pool.
+/// A pool's settings. All hold for the life of the pool except the key
+/// ring, which [`Pool::set_keys`] replaces.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
     /// Seals and opens affinity tokens.
@@ -166,7 +167,6 @@ impl PoolConfig {
 /// ```
 #[derive(Debug)]
 pub struct Pool {
-    config: Arc<PoolConfig>,
     current: ArcSwap<Snapshot>,
     /// Serialises writers (never taken by readers).
     writer: Mutex<()>,
@@ -180,7 +180,6 @@ impl Pool {
         let seed = config.schedule_seed;
         let first = Snapshot::build(Arc::clone(&config), membership, None, 0, seed)?;
         Ok(Pool {
-            config,
             current: ArcSwap::from_pointee(first),
             writer: Mutex::new(()),
         })
@@ -192,9 +191,9 @@ impl Pool {
         self.current.load_full()
     }
 
-    /// The pool's settings.
-    pub fn config(&self) -> &PoolConfig {
-        &self.config
+    /// The pool's settings, as the current snapshot has them.
+    pub fn config(&self) -> Arc<PoolConfig> {
+        Arc::clone(&self.current.load().config)
     }
 
     /// Applies `change` to a copy of the membership and publishes the
@@ -208,12 +207,71 @@ impl Pool {
         let old = self.current.load_full();
         let mut membership = old.membership().clone();
         change(&mut membership)?;
+        self.publish(&old, Arc::clone(&old.config), membership)
+    }
+
+    /// Replaces the key ring, as a rotation or a reload of the secrets
+    /// does: from the next snapshot on, tokens are signed with the new
+    /// ring's first key and opened with any of its keys. Everything else
+    /// carries over: members, states, counters and health, and the
+    /// settings. A token signed with a key the new ring still lists is
+    /// re-issued under its first key on its session's next request
+    /// ([`OpenedToken::refresh_due`](crate::token::OpenedToken::refresh_due));
+    /// one signed with a key it no longer lists counts as no token, and its
+    /// session starts again. [`KeyRing`]'s docs give the order in which
+    /// replicas rotate.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
+    /// use sticky_core::{BackendSpec, Keys, Membership, Outcome, Pool, PoolConfig};
+    ///
+    /// let old = "the old secret, sixteen bytes+";
+    /// let new = "the new secret, sixteen bytes+";
+    /// let codec = TokenCodec::new(KeyRing::new([old]).unwrap(), TokenConfig::new("sticky"));
+    /// let members = Membership::new().with(BackendSpec::new("b1")).with(BackendSpec::new("b2"));
+    /// let pool = Pool::new(PoolConfig::new(codec), members).unwrap();
+    /// let now = Duration::from_secs(1_700_000_000);
+    /// let first = pool.load().decide(&Keys::new().issue_token(), now);
+    /// let token = first.token.unwrap();
+    ///
+    /// // The new secret signs; the old one still verifies.
+    /// pool.set_keys(KeyRing::new([new, old]).unwrap()).unwrap();
+    /// let again = pool.load().decide(&Keys::new().issue_token().token(&token), now);
+    /// assert_eq!((again.outcome, again.backend), (Outcome::Refreshed, first.backend));
+    /// let resigned = again.token.unwrap();
+    ///
+    /// // The old secret retired: only tokens signed with the new one hold.
+    /// pool.set_keys(KeyRing::new([new]).unwrap()).unwrap();
+    /// let snapshot = pool.load();
+    /// let kept = snapshot.decide(&Keys::new().issue_token().token(&resigned), now);
+    /// assert_eq!((kept.outcome, kept.backend), (Outcome::Hit, first.backend));
+    /// let stale = snapshot.decide(&Keys::new().issue_token().token(&token), now);
+    /// assert_eq!(stale.outcome, Outcome::Invalid);
+    /// ```
+    pub fn set_keys(&self, keys: KeyRing) -> Result<Arc<Snapshot>, ConfigError> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let mut config = PoolConfig::clone(&old.config);
+        config.tokens = TokenCodec::new(keys, old.config.tokens.config().clone());
+        self.publish(&old, Arc::new(config), old.membership().clone())
+    }
+
+    /// Builds the snapshot after `old` and publishes it. The caller holds
+    /// the writer lock.
+    fn publish(
+        &self,
+        old: &Snapshot,
+        config: Arc<PoolConfig>,
+        membership: Membership,
+    ) -> Result<Arc<Snapshot>, ConfigError> {
+        let seed = config.schedule_seed;
         let next = Arc::new(Snapshot::build(
-            Arc::clone(&self.config),
+            config,
             membership,
-            Some(&old),
+            Some(old),
             old.generation() + 1,
-            self.config.schedule_seed,
+            seed,
         )?);
         self.current.store(Arc::clone(&next));
         Ok(next)

@@ -63,6 +63,8 @@ pub const MIN_SECRET_LEN: usize = 16;
 #[derive(Clone)]
 struct RingKey {
     id: u8,
+    /// See [`KeyRing::fingerprints`].
+    fingerprint: u64,
     /// HMAC state with the key already absorbed, cloned per use.
     mac: HmacSha256,
 }
@@ -78,7 +80,8 @@ struct RingKey {
 /// old one still signs; both verify), then move it first. A replica that
 /// signs with the new secret re-signs the tokens it sees, and a replica
 /// that does not know it yet would take those for forgeries and move their
-/// sessions.
+/// sessions. A running pool takes each step's ring with
+/// [`Pool::set_keys`](crate::Pool::set_keys), so no step needs a restart.
 ///
 /// `Debug` shows how many keys there are, never the secrets.
 #[derive(Clone)]
@@ -131,7 +134,15 @@ impl KeyRing {
             let mut id_mac = mac.clone();
             id_mac.update(b"tower-sticky key id");
             let id = id_mac.finalize().into_bytes()[0];
-            keys.push(RingKey { id, mac });
+            let mut print_mac = mac.clone();
+            print_mac.update(b"tower-sticky key fingerprint");
+            let print = print_mac.finalize().into_bytes();
+            let fingerprint = u64::from_be_bytes(print[..8].try_into().expect("8 bytes"));
+            keys.push(RingKey {
+                id,
+                fingerprint,
+                mac,
+            });
         }
         if keys.is_empty() {
             return Err(KeyRingError::Empty);
@@ -147,6 +158,28 @@ impl KeyRing {
     /// Always false: a ring has at least one key.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// One fingerprint per key, in ring order (the signing key's first):
+    /// 64 bits of an HMAC under the key, for telling keys apart without
+    /// showing them. Replicas that list the same secrets in the same order
+    /// show the same fingerprints, so an operator can check that a
+    /// rotation reached every one. A fingerprint says no more about its
+    /// secret than any token signed with it already does.
+    ///
+    /// ```
+    /// use sticky_core::token::KeyRing;
+    ///
+    /// let old = KeyRing::new(["the old secret, sixteen bytes+"]).unwrap();
+    /// let both = KeyRing::new(["the new secret, sixteen bytes+", "the old secret, sixteen bytes+"])
+    ///     .unwrap();
+    /// let old: Vec<u64> = old.fingerprints().collect();
+    /// let both: Vec<u64> = both.fingerprints().collect();
+    /// assert_eq!(both[1], old[0]);
+    /// assert_ne!(both[0], old[0]);
+    /// ```
+    pub fn fingerprints(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        self.keys.iter().map(|k| k.fingerprint)
     }
 
     fn tag(&self, key: usize, domain: &[u8], name: &str) -> [u8; 32] {

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{config, keys, membership, pool, NOW};
@@ -523,6 +524,78 @@ fn rotated_keys_still_route_and_refresh_to_the_new_key() {
         let renewed = d.token.expect("re-signed");
         assert_eq!(back(&after, &renewed).outcome, Outcome::Hit);
     }
+}
+
+#[test]
+fn keys_replaced_in_a_live_pool_rotate_and_keep_everything_else() {
+    let old = "the old secret, still listed....";
+    let new = "the new secret, signs from today";
+    let tokens = TokenCodec::new(KeyRing::new([old]).unwrap(), TokenConfig::new("sticky"));
+    let pool = Pool::new(PoolConfig::new(tokens), membership(&[1, 1, 1, 1])).unwrap();
+    let sessions: Vec<(String, String)> = (0..40).map(|_| session(&pool)).collect();
+    // The state an operator and passive health left, which a rotation
+    // must not undo: b1 drained, b2 resting, b3 weighted up.
+    pool.set_state("b1", BackendState::Draining).unwrap();
+    pool.set_weight("b3", 5).unwrap();
+    let before = pool.load();
+    let b2 = before.member_by_name("b2").unwrap().stats();
+    b2.record_refused(&pool.config().health, NOW);
+    let _in_flight = before.start_request(before.index_of("b2").unwrap());
+    let generation = before.generation();
+
+    pool.set_keys(KeyRing::new([new, old]).unwrap()).unwrap();
+    let after = pool.load();
+    assert_eq!(after.generation(), generation + 1);
+    assert_eq!(after.membership(), before.membership());
+    assert!(Arc::ptr_eq(
+        after.member_by_name("b2").unwrap().stats(),
+        before.member_by_name("b2").unwrap().stats()
+    ));
+    assert!(after.member_by_name("b2").unwrap().stats().is_down(NOW));
+    assert_eq!(after.total_in_flight(), 1);
+    let fingerprints =
+        |pool: &Pool| -> Vec<u64> { pool.config().tokens.keys().fingerprints().collect() };
+    let rotated = fingerprints(&pool);
+    assert_eq!(rotated.len(), 2);
+
+    // Every session keeps its backend, re-signed under the new key; the
+    // one on the resting backend moves.
+    let mut renewed = Vec::new();
+    for (token, home) in &sessions {
+        let d = back(&pool, token);
+        let d_home = name(&pool, d.backend);
+        if home == "b2" {
+            assert_eq!(d.outcome, Outcome::Failover(Reason::Unhealthy));
+            assert_ne!(d_home, "b2");
+        } else {
+            assert_eq!(
+                (d.outcome, d_home.as_str()),
+                (Outcome::Refreshed, home.as_str())
+            );
+        }
+        let token = d.token.expect("re-signed");
+        let opened = pool.config().tokens.open(&token, NOW).unwrap();
+        assert_eq!(opened.key, 0, "signed with the new key");
+        renewed.push((token, d_home));
+    }
+    // New sessions still avoid the drained and the resting backend.
+    for _ in 0..60 {
+        let (_, home) = session(&pool);
+        assert!(home == "b0" || home == "b3", "{home}");
+    }
+
+    // The old secret retired: its tokens count as none, re-signed ones hold.
+    pool.set_keys(KeyRing::new([new]).unwrap()).unwrap();
+    assert_eq!(fingerprints(&pool), rotated[..1]);
+    for ((old_token, _), (token, home)) in sessions.iter().zip(&renewed) {
+        assert_eq!(back(&pool, old_token).outcome, Outcome::Invalid);
+        let d = back(&pool, token);
+        assert_eq!(
+            (d.outcome, name(&pool, d.backend)),
+            (Outcome::Hit, home.clone())
+        );
+    }
+    assert_eq!(pool.load().membership(), before.membership());
 }
 
 #[test]

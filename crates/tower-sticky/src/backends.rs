@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use sticky_core::token::KeyRing;
 use sticky_core::{
     BackendId, BackendSpec, BackendState, ConfigError, Counters, GroupId, Membership, Pool,
     PoolConfig, Snapshot,
@@ -31,7 +32,7 @@ struct Shared<S> {
 /// handle that changes them at runtime.
 ///
 /// Cloning gives another handle to the same set. Every change (add, remove,
-/// reweight, drain, disable, enable) builds a new table aside and publishes
+/// reweight, drain, disable, enable, new keys) builds a new table aside and publishes
 /// it in one atomic swap: requests in flight finish on the table they
 /// started with, the next request sees the whole change.
 ///
@@ -163,6 +164,47 @@ impl<S: Clone> Backends<S> {
         self.shared
             .current
             .store(Arc::new(Self::table(snapshot, services)));
+        Ok(())
+    }
+
+    /// Replaces the key ring that signs and verifies tokens, keeping
+    /// everything else: backends, their states, counters and health. The
+    /// next request sees the new ring; a session whose token was signed
+    /// with a key the ring still lists is re-signed under its first key,
+    /// and one whose key it no longer lists starts again (see
+    /// [`Pool::set_keys`]). This is how a process rotates its secrets
+    /// without a restart, for instance when it is told to read them again.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
+    /// use sticky_core::{BackendSpec, PoolConfig};
+    /// use tower::service_fn;
+    /// use tower_sticky::Backends;
+    ///
+    /// let backend = service_fn(|_req: Request<String>| async {
+    ///     Ok::<_, Infallible>(Response::new(String::new()))
+    /// });
+    /// let old = "the old secret, sixteen bytes+";
+    /// let new = "the new secret, sixteen bytes+";
+    /// let keys = KeyRing::new([old]).unwrap();
+    /// let config = PoolConfig::new(TokenCodec::new(keys, TokenConfig::new("sticky")));
+    /// let backends = Backends::new(config, [(BackendSpec::new("b1"), backend)]).unwrap();
+    /// backends.drain("b1").unwrap();
+    ///
+    /// // First step of a rotation: the new secret verifies; the old one
+    /// // still signs until every replica knows the new one.
+    /// backends.set_keys(KeyRing::new([old, new]).unwrap()).unwrap();
+    /// assert_eq!(backends.config().tokens.keys().len(), 2);
+    /// assert_eq!(backends.status()[0].state, sticky_core::BackendState::Draining);
+    /// ```
+    pub fn set_keys(&self, keys: KeyRing) -> Result<(), ConfigError> {
+        let services = self.services();
+        let snapshot = self.shared.pool.set_keys(keys)?;
+        self.shared
+            .current
+            .store(Arc::new(Self::table(snapshot, &services)));
         Ok(())
     }
 
@@ -368,8 +410,8 @@ impl<S> Backends<S> {
         Some(table.services[index].clone())
     }
 
-    /// The pool's settings.
-    pub fn config(&self) -> &PoolConfig {
+    /// The pool's settings, with the key ring in use.
+    pub fn config(&self) -> Arc<PoolConfig> {
         self.shared.pool.config()
     }
 

@@ -430,6 +430,61 @@ async fn rotated_keys_keep_sessions_and_re_sign_them() {
 }
 
 #[tokio::test]
+async fn keys_replaced_in_a_running_service_rotate_its_sessions() {
+    let old = "the old secret of this fleet....";
+    let backends = backends_of(config_with(&[old]), &["b1", "b2", "b3"]);
+    let service = Sticky::new(backends.clone());
+    let mut sessions = Vec::new();
+    for _ in 0..12 {
+        sessions.push(session(&service).await);
+    }
+    backends.drain("b2").unwrap();
+    let outcome = |r: &Response<String>| r.extensions().get::<Outcome>().copied();
+
+    // The new secret verifies, the old one still signs: nothing changes
+    // for anyone.
+    backends
+        .set_keys(KeyRing::new([old, SECRET]).unwrap())
+        .unwrap();
+    for (cookie, home) in &sessions {
+        let r = get(&service, Some(cookie)).await;
+        assert_eq!(outcome(&r), Some(Outcome::Hit));
+        assert_eq!(sticky_cookie(&r), None);
+        assert_eq!(&r.into_body(), home);
+    }
+    // The new secret signs: each session is re-signed where it was, the
+    // drained backend's too.
+    backends
+        .set_keys(KeyRing::new([SECRET, old]).unwrap())
+        .unwrap();
+    let mut renewed = Vec::new();
+    for (cookie, home) in &sessions {
+        let r = get(&service, Some(cookie)).await;
+        assert_eq!(outcome(&r), Some(Outcome::Refreshed));
+        renewed.push(sticky_cookie(&r).expect("re-signed"));
+        assert_eq!(&r.into_body(), home);
+    }
+    // The old secret retired: its cookies count as none.
+    backends.set_keys(KeyRing::new([SECRET]).unwrap()).unwrap();
+    for ((cookie, home), renewed) in sessions.iter().zip(&renewed) {
+        let r = get(&service, Some(renewed)).await;
+        assert_eq!(
+            (outcome(&r), r.into_body()),
+            (Some(Outcome::Hit), home.clone())
+        );
+        let r = get(&service, Some(cookie)).await;
+        assert_eq!(outcome(&r), Some(Outcome::Invalid));
+        assert!(sticky_cookie(&r).is_some(), "a new session");
+        assert_ne!(
+            r.into_body(),
+            "b2",
+            "the drained backend takes no new session"
+        );
+    }
+    assert_eq!(backends.status()[1].state, BackendState::Draining);
+}
+
+#[tokio::test]
 async fn draining_keeps_sessions_and_removal_fails_over_with_a_new_cookie() {
     let backends = three();
     let service = Sticky::new(backends.clone());
