@@ -428,6 +428,112 @@ async fn replicas_with_one_secret_agree() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_in_a_running_gateway_and_keep_its_state() {
+    let servers = backends(&["b1", "b2", "b3"]).await;
+    let all: Vec<&Backend> = servers.iter().collect();
+    let old = "the fleet's old secret, 32 bytes..";
+    let new = "the fleet's new secret, 32 bytes..";
+    let file = std::env::temp_dir().join(format!("gateway-e2e-rotation-{}", std::process::id()));
+    let write = |text: String| std::fs::write(&file, text).unwrap();
+    write(format!("{old}\n"));
+    let path = file.to_string_lossy().into_owned();
+    let gateway = Gateway::start(&all, &["--secret-file", &path]).await;
+    let fingerprints =
+        || async { gateway.admin(Method::GET, "/keys", "").await.1["fingerprints"].clone() };
+    let first = fingerprints().await;
+    assert_eq!(first.as_array().unwrap().len(), 1, "{first}");
+
+    let mut sessions = new_sessions(&gateway, 9).await;
+    // What the gateway was told while running, which a restart would lose.
+    gateway.post("/backends/b3/drain").await;
+    let hangup = || {
+        let pid = gateway.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let rotated_to = |count: usize| {
+        move |keys: serde_json::Value| keys.as_array().is_some_and(|k| k.len() == count)
+    };
+
+    // Step one, on SIGHUP: the new key verifies, the old one still signs.
+    write(format!("{old}\n{new}\n"));
+    hangup();
+    wait_until("the second key", || async {
+        rotated_to(2)(fingerprints().await)
+    })
+    .await;
+    let step_one = fingerprints().await;
+    assert_eq!(step_one[0], first[0], "{step_one}");
+    for (browser, home) in &mut sessions {
+        let reply = browser.get("/").await;
+        assert_eq!(reply.visit(), (home.clone(), 2));
+        assert!(reply.sticky_cookie().is_none(), "{reply:?}");
+    }
+
+    // Step two: the new key signs; every session is re-signed in place.
+    write(format!("{new}\n{old}\n"));
+    hangup();
+    wait_until("the new signing key", || async {
+        fingerprints().await[0] == step_one[1]
+    })
+    .await;
+    let mut old_jars = Vec::new();
+    for (browser, home) in &mut sessions {
+        old_jars.push(browser.jar.clone());
+        let reply = browser.get("/").await;
+        assert_eq!(reply.visit(), (home.clone(), 3));
+        assert!(reply.sticky_cookie().is_some(), "re-signed: {reply:?}");
+    }
+
+    // Step three, through the admin API: the old key retired. Its cookies
+    // count as none; the re-signed ones hold, here and on a replica that
+    // only ever knew the new key.
+    write(format!("{new}\n"));
+    let (status, reloaded) = gateway.admin(Method::POST, "/keys/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{reloaded}");
+    assert_eq!(reloaded["changed"], true, "{reloaded}");
+    assert_eq!(reloaded["fingerprints"], serde_json::json!([step_one[1]]));
+    let replica = Gateway::start(&all, &["--secret-file", &path]).await;
+    assert_eq!(
+        replica.admin(Method::GET, "/keys", "").await.1["fingerprints"],
+        reloaded["fingerprints"]
+    );
+    for ((browser, home), jar) in sessions.iter_mut().zip(old_jars) {
+        let reply = browser.get("/").await;
+        assert_eq!(reply.visit(), (home.clone(), 4));
+        assert!(reply.sticky_cookie().is_none(), "{reply:?}");
+        browser.addr = replica.addr;
+        assert_eq!(browser.get("/").await.visit(), (home.clone(), 5));
+        let mut stale = gateway.browser();
+        stale.jar = jar;
+        let reply = stale.get("/").await;
+        assert!(reply.sticky_cookie().is_some(), "a new session: {reply:?}");
+        assert_ne!(
+            reply.visit().0,
+            "b3",
+            "the drained backend takes no new session"
+        );
+    }
+    assert_eq!(gateway.list().await["b3"]["state"], "draining");
+
+    // A file that holds no key changes nothing, by either way of asking.
+    write("# emptied by mistake\n".into());
+    let (status, error) = gateway.admin(Method::POST, "/keys/reload", "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    hangup();
+    wait_until("the failed reading logged", || async {
+        gateway.log().matches("keys not read again").count() == 2
+    })
+    .await;
+    assert_eq!(fingerprints().await, reloaded["fingerprints"]);
+    gateway.assert_keeps_serving().await;
+    let _ = std::fs::remove_file(&file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_changes_take_effect_at_once() {
     let servers = backends(&["b1", "b2", "b3", "b4"]).await;
     let gateway = Gateway::start(&servers[..3].iter().collect::<Vec<_>>(), &[]).await;

@@ -1,5 +1,5 @@
 //! The gateway modules' own tests (admin API, client connections,
-//! proxying, timeouts),
+//! proxying, timeouts, keys),
 //! run here because examples are not test targets: `test = true` would
 //! make `cargo test` build the gateway only as a test harness, not the
 //! binary the other gateway tests run.
@@ -15,6 +15,8 @@ mod client;
 mod connection;
 #[path = "../examples/gateway/health.rs"]
 mod health;
+#[path = "../examples/gateway/keys.rs"]
+mod keys;
 #[path = "../examples/gateway/proxy.rs"]
 mod proxy;
 #[path = "../examples/gateway/stall.rs"]

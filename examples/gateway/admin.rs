@@ -3,8 +3,9 @@
 //! Every answer is JSON except the status page at `/`; every error is
 //! `{"error": "..."}` with a status that says what went wrong: 400 for a
 //! bad request (malformed JSON, a bad URL, a weight above 256), 404 for an
-//! unknown backend or group, 409 for a name that is already taken or an
-//! undrain of a backend that is not draining.
+//! unknown backend or group, 409 for a name that is already taken, an
+//! undrain of a backend that is not draining, or keys to read again that
+//! did not come from a file, and 422 for a key file with no usable key.
 //!
 //! A backend reads as
 //!
@@ -75,6 +76,15 @@
 //!
 //! # Remove a backend: its sessions fail over on their next request.
 //! curl -s -X DELETE http://127.0.0.1:9000/backends/b3
+//!
+//! # The cookie keys: where they come from and their fingerprints, the
+//! # signing key's first (replicas that share sessions show the same).
+//! curl -s http://127.0.0.1:9000/keys
+//!
+//! # Read --secret-file again, as SIGHUP does: 200 with the keys now in
+//! # use and whether they changed; 422 (the keys in use kept) for a file
+//! # with no usable key; 409 when the keys did not come from a file.
+//! curl -s -X POST http://127.0.0.1:9000/keys/reload
 //! ```
 //!
 //! `GET /metrics` has one series per backend for each counter
@@ -88,12 +98,15 @@
 //! and `increase` read as a reset. `sticky_gateway_error_answers_total`,
 //! labelled `status="502"`, `"503"` or `"504"`, counts the answers the
 //! gateway made itself because no backend did (a request no backend
-//! could take counts here and nowhere else).
+//! could take counts here and nowhere else). `sticky_gateway_key_info`
+//! has one series per cookie key, labelled with its `position` (0 signs)
+//! and `fingerprint`.
 //!
 //! Each change answers with the backend as it is after the change (removal
 //! answers `{"removed": "b3"}`) and takes effect for the next request the
-//! gateway proxies. Nothing here shows the token keys: the admin API sees
-//! the backends, never the pool's secret.
+//! gateway proxies. Nothing here shows the token keys themselves, only
+//! their fingerprints, which say no more about a secret than a cookie
+//! signed with it.
 //!
 //! The admin API has no authentication of its own: bind it to a loopback
 //! or otherwise private address.
@@ -112,14 +125,19 @@ use serde::{Deserialize, Serialize};
 use tower_sticky::sticky_core::{BackendSpec, BackendState, ConfigError, Counters, MAX_WEIGHT};
 use tower_sticky::{BackendStatus, Backends};
 
+use crate::keys::{Keys, ReloadError, Source};
 use crate::proxy::{ProxyOptions, Upstream};
 
 /// The admin API over `backends`; `options` configure the upstreams that
-/// `POST /backends` adds.
-/// The admin router. With `health_checks` (the gateway runs them), a
+/// `POST /backends` adds. With `health_checks` (the gateway runs them), a
 /// backend added through the API takes nothing until its first check
-/// passes.
-pub fn router(backends: Backends<Upstream>, options: ProxyOptions, health_checks: bool) -> Router {
+/// passes. `keys` are the cookie keys that `/keys` shows and reads again.
+pub fn router(
+    backends: Backends<Upstream>,
+    options: ProxyOptions,
+    health_checks: bool,
+    keys: Keys,
+) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
@@ -131,12 +149,15 @@ pub fn router(backends: Backends<Upstream>, options: ProxyOptions, health_checks
         .route("/backends/{name}/enable", post(enable))
         .route("/backends/{name}/weight/{weight}", post(set_weight))
         .route("/groups/{group}/weight/{weight}", post(set_group_weight))
+        .route("/keys", get(show_keys))
+        .route("/keys/reload", post(reload_keys))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(Admin {
             backends,
             options,
             health_checks,
+            keys,
         })
 }
 
@@ -146,6 +167,29 @@ struct Admin {
     options: ProxyOptions,
     /// Whether health checks run; a new backend then waits for its first.
     health_checks: bool,
+    keys: Keys,
+}
+
+/// The cookie keys, as `/keys` shows them.
+#[derive(Serialize)]
+struct KeysJson {
+    /// `--secret-file`, `STICKY_SECRET` or `random`.
+    source: &'static str,
+    /// The key file, for `--secret-file`.
+    path: Option<String>,
+    /// One per key in use, the signing key's first.
+    fingerprints: Vec<String>,
+}
+
+/// `POST /keys/reload`'s answer.
+#[derive(Serialize)]
+struct ReloadJson {
+    /// Whether the file held a different ring, now in use.
+    changed: bool,
+    /// Whether the key that signed until then is gone from it.
+    dropped_signing_key: bool,
+    #[serde(flatten)]
+    keys: KeysJson,
 }
 
 /// One backend, as the API shows it.
@@ -332,6 +376,40 @@ impl Admin {
 
 async fn list(State(admin): State<Admin>) -> Json<Vec<BackendJson>> {
     Json(admin.all())
+}
+
+fn keys_json(keys: &Keys) -> KeysJson {
+    KeysJson {
+        source: keys.source().as_str(),
+        path: match keys.source() {
+            Source::File(path) => Some(path.display().to_string()),
+            Source::Environment | Source::Random => None,
+        },
+        fingerprints: keys.fingerprints(),
+    }
+}
+
+/// `GET /keys`: where the cookie keys come from, and their fingerprints.
+async fn show_keys(State(admin): State<Admin>) -> Json<KeysJson> {
+    Json(keys_json(&admin.keys))
+}
+
+/// `POST /keys/reload`: reads `--secret-file` again, as SIGHUP does.
+async fn reload_keys(State(admin): State<Admin>) -> Result<Json<ReloadJson>, ApiError> {
+    match admin.keys.reload().await {
+        Ok(reloaded) => Ok(Json(ReloadJson {
+            changed: reloaded.changed,
+            dropped_signing_key: reloaded.dropped_signing_key,
+            keys: keys_json(&admin.keys),
+        })),
+        Err(error @ ReloadError::NoFile(_)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, error.to_string()))
+        }
+        Err(error @ ReloadError::BadFile(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{error}; the keys in use are unchanged"),
+        )),
+    }
 }
 
 async fn drain(
@@ -545,7 +623,7 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render_metrics(&admin.all()),
+        render_metrics(&admin.all(), &admin.keys.fingerprints()),
     )
 }
 
@@ -557,7 +635,9 @@ const STATES: [BackendState; 4] = [
     BackendState::Unhealthy,
 ];
 
-fn render_metrics(backends: &[BackendJson]) -> String {
+/// The metrics of `backends`, and of the cookie keys by their
+/// `fingerprints` (the signing key's first).
+fn render_metrics(backends: &[BackendJson], fingerprints: &[String]) -> String {
     type Figure = fn(&BackendJson) -> u64;
     let families: [(&str, &str, &str, Figure); 7] = [
         (
@@ -663,6 +743,17 @@ fn render_metrics(backends: &[BackendJson]) -> String {
             "sticky_gateway_error_answers_total{{status=\"{status}\"}} {count}"
         );
     }
+    out.push_str(
+        "# HELP sticky_gateway_key_info A cookie key in use, by fingerprint; position 0 signs, \
+         all verify. Replicas that share sessions show the same.\n",
+    );
+    out.push_str("# TYPE sticky_gateway_key_info gauge\n");
+    for (position, fingerprint) in fingerprints.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "sticky_gateway_key_info{{position=\"{position}\",fingerprint=\"{fingerprint}\"}} 1"
+        );
+    }
     out
 }
 
@@ -699,10 +790,12 @@ fn state_notes(b: &BackendJson) -> String {
 
 /// `GET /`: the status page.
 async fn status_page(State(admin): State<Admin>) -> Html<String> {
-    Html(render_page(&admin.all()))
+    Html(render_page(&admin.all(), &admin.keys.fingerprints()))
 }
 
-fn render_page(backends: &[BackendJson]) -> String {
+/// The status page of `backends`, with the cookie keys' `fingerprints`
+/// (the signing key's first).
+fn render_page(backends: &[BackendJson], fingerprints: &[String]) -> String {
     let total: u64 = backends.iter().map(|b| b.counters.requests).sum();
     let mut rows = String::new();
     for b in backends {
@@ -771,11 +864,15 @@ footer {{ margin-top: 1em; color: #666; }}
 <tbody>
 {rows}</tbody>
 </table>
-<footer>JSON: <a href=\"/backends\">/backends</a>; Prometheus: <a href=\"/metrics\">/metrics</a></footer>
+<footer>Cookies signed with key <code>{signing}</code>; {key_count} key(s) verify them \
+(<a href=\"/keys\">/keys</a>).<br>
+JSON: <a href=\"/backends\">/backends</a>; Prometheus: <a href=\"/metrics\">/metrics</a></footer>
 </body>
 </html>
 ",
         count = backends.len(),
+        signing = fingerprints.first().map_or("", String::as_str),
+        key_count = fingerprints.len(),
     )
 }
 
@@ -808,6 +905,12 @@ mod tests {
     const SECRET: &str = "a test secret of 32 bytes..........";
 
     fn admin() -> Router {
+        admin_with(Source::Random)
+    }
+
+    /// The admin API of two backends, its keys said to come from `source`
+    /// (the ring in use is SECRET's).
+    fn admin_with(source: Source) -> Router {
         let upstream = |url: &str| Upstream::new(url, &ProxyOptions::default()).unwrap();
         let config = PoolConfig::new(TokenCodec::new(
             KeyRing::new([SECRET]).unwrap(),
@@ -821,7 +924,8 @@ mod tests {
             ],
         )
         .unwrap();
-        router(backends, ProxyOptions::default(), false)
+        let keys = Keys::new(source, backends.clone());
+        router(backends, ProxyOptions::default(), false, keys)
     }
 
     async fn call(
@@ -1074,6 +1178,71 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keys_show_by_fingerprint_and_are_read_again_from_their_file() {
+        let fingerprint =
+            |secrets: &[&str]| crate::keys::fingerprints(&KeyRing::new(secrets).unwrap());
+        let ours = fingerprint(&[SECRET]);
+        let next = "the next secret of the fleet, 32 bytes";
+
+        // A random key (or STICKY_SECRET) is shown, and cannot be read again.
+        let admin = admin();
+        let (status, keys) = json_call(&admin, Method::GET, "/keys", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            keys,
+            json!({"source": "random", "path": null, "fingerprints": ours})
+        );
+        let (status, error) = json_call(&admin, Method::POST, "/keys/reload", "").await;
+        assert_eq!(status, StatusCode::CONFLICT, "{error}");
+        assert!(
+            error["error"].as_str().unwrap().contains("--secret-file"),
+            "{error}"
+        );
+        let (_, _, metrics) = call(&admin, Method::GET, "/metrics", "").await;
+        let line = format!(
+            "sticky_gateway_key_info{{position=\"0\",fingerprint=\"{}\"}} 1\n",
+            ours[0]
+        );
+        assert!(metrics.contains(&line), "{metrics}");
+        let (_, _, page) = call(&admin, Method::GET, "/", "").await;
+        assert!(
+            page.contains(&format!("<code>{}</code>; 1 key(s)", ours[0])),
+            "{page}"
+        );
+
+        // From a file: read again on request, a bad file changing nothing.
+        let path = std::env::temp_dir().join(format!("admin-keys-{}", std::process::id()));
+        std::fs::write(&path, format!("{SECRET}\n{next}\n")).unwrap();
+        let admin = admin_with(Source::File(path.clone()));
+        let shown = path.display().to_string();
+        let (status, keys) = json_call(&admin, Method::POST, "/keys/reload", "").await;
+        assert_eq!(status, StatusCode::OK, "{keys}");
+        let both = fingerprint(&[SECRET, next]);
+        assert_eq!(
+            keys,
+            json!({"changed": true, "dropped_signing_key": false, "source": "--secret-file",
+                   "path": shown, "fingerprints": both})
+        );
+        std::fs::write(&path, "too short\n").unwrap();
+        let (status, error) = json_call(&admin, Method::POST, "/keys/reload", "").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        let message = error["error"].as_str().unwrap();
+        assert!(
+            message.contains(&shown) && message.contains("shorter"),
+            "{message}"
+        );
+        assert!(message.contains("unchanged"), "{message}");
+        let (_, keys) = json_call(&admin, Method::GET, "/keys", "").await;
+        assert_eq!(keys["fingerprints"], json!(both));
+        std::fs::write(&path, format!("{next}\n")).unwrap();
+        let (status, keys) = json_call(&admin, Method::POST, "/keys/reload", "").await;
+        assert_eq!(status, StatusCode::OK, "{keys}");
+        assert_eq!(keys["dropped_signing_key"], true);
+        assert_eq!(keys["fingerprints"], json!(fingerprint(&[next])));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
     async fn metrics_escape_label_values() {
         let admin = admin();
         json_call(
@@ -1149,11 +1318,11 @@ mod tests {
                 in_flight: 0,
             },
         };
-        let page = render_page(&[backend("a", 1), backend("b", 3)]);
+        let page = render_page(&[backend("a", 1), backend("b", 3)], &[]);
         assert!(page.contains("width:25.0%") && page.contains("width:75.0%"));
-        let page = render_page(&[backend("a", 0)]);
+        let page = render_page(&[backend("a", 0)], &[]);
         assert!(page.contains("width:0.0%"));
-        assert!(render_page(&[]).contains("No backends"));
+        assert!(render_page(&[], &[]).contains("No backends"));
     }
 
     /// The status page says why a backend is out, and what it returns to.
@@ -1177,7 +1346,7 @@ mod tests {
             },
         };
         let cell = |b| {
-            let page = render_page(&[b]);
+            let page = render_page(&[b], &[]);
             let start = page.find("<td class=").unwrap();
             let end = start + page[start..].find("</td>").unwrap();
             page[start..end].split('>').nth(1).unwrap().to_owned()

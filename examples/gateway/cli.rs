@@ -75,8 +75,11 @@ pub struct Args {
     /// cookies, all verify them. Blank lines and lines starting with `#`
     /// are skipped. Without it, the STICKY_SECRET environment
     /// variable; without either, a random key (replicas will not agree).
-    /// To rotate across replicas, first give every replica the new secret
-    /// as its second line, then, once all have it, make it the first.
+    /// The gateway reads the file again on SIGHUP (or `POST /keys/reload`
+    /// on the admin listener) and keeps its old keys if the new ones are
+    /// unusable. To rotate across replicas, first give every replica the
+    /// new secret as its second line, then, once all have it, make it the
+    /// first; remove the old one once its cookies no longer matter.
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
 

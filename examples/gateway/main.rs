@@ -21,6 +21,7 @@ mod client;
 mod connection;
 mod demo;
 mod health;
+mod keys;
 mod proxy;
 mod stall;
 
@@ -128,7 +129,8 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     if let Some(secs) = args.idle_timeout {
         token = token.idle_timeout(Duration::from_secs(secs));
     }
-    let config = PoolConfig::new(TokenCodec::new(key_ring(&args), token))
+    let (ring, key_source) = key_ring(&args);
+    let config = PoolConfig::new(TokenCodec::new(ring, token))
         .failover(match args.failover {
             Failover::Rebalance => FailoverPolicy::Rebalance,
             Failover::Strict => FailoverPolicy::Strict,
@@ -173,6 +175,9 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         ));
     }
 
+    let keys = keys::Keys::new(key_source, backends.clone());
+    tokio::spawn(keys::reload_on_hangup(keys.clone()));
+
     let (listener, address) = bind(args.listen, "--listen").await;
     let (admin_listener, admin_address) = bind(args.admin_listen, "--admin-listen").await;
     // The bound addresses, so that port 0 (any free port) can be found.
@@ -195,7 +200,7 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     let (stop, _) = tokio::sync::watch::channel(false);
     let admin = tokio::spawn(serve_admin(
         admin_listener,
-        admin::router(backends, options, args.health_check.is_some()),
+        admin::router(backends, options, args.health_check.is_some(), keys),
         client_timeout,
         stop.subscribe(),
     ));
@@ -618,22 +623,16 @@ fn is_connection_error(error: &std::io::Error) -> bool {
     )
 }
 
-/// The key ring: from --secret-file, else STICKY_SECRET, else a random key.
-fn key_ring(args: &Args) -> KeyRing {
+/// The key ring and where it came from: --secret-file, else
+/// STICKY_SECRET, else a random key.
+fn key_ring(args: &Args) -> (KeyRing, keys::Source) {
     if let Some(path) = &args.secret_file {
-        let text = std::fs::read_to_string(path)
-            .unwrap_or_else(|e| fail("--secret-file", format!("{}: {e}", path.display())));
-        // Blank lines and `#` comments are not keys.
-        let secrets: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .collect();
-        return KeyRing::new(secrets)
-            .unwrap_or_else(|e| fail("--secret-file", format!("{}: {e}", path.display())));
+        let ring = keys::read_file(path).unwrap_or_else(|e| fail("--secret-file", e));
+        return (ring, keys::Source::File(path.clone()));
     }
     if let Ok(secret) = std::env::var("STICKY_SECRET") {
-        return KeyRing::new([secret.trim()]).unwrap_or_else(|e| fail("STICKY_SECRET", e));
+        let ring = KeyRing::new([secret.trim()]).unwrap_or_else(|e| fail("STICKY_SECRET", e));
+        return (ring, keys::Source::Environment);
     }
     let mut secret = [0u8; 32];
     if let Err(error) = getrandom::fill(&mut secret) {
@@ -644,7 +643,8 @@ fn key_ring(args: &Args) -> KeyRing {
         "warning: no --secret-file or STICKY_SECRET: using a random key; \
          cookies will not survive a restart and replicas will not agree"
     );
-    KeyRing::new([secret]).unwrap_or_else(|e| fail("--secret-file", e))
+    let ring = KeyRing::new([secret]).unwrap_or_else(|e| fail("--secret-file", e));
+    (ring, keys::Source::Random)
 }
 
 fn random_u64() -> u64 {
