@@ -25,7 +25,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         std::env::temp_dir().join(format!("gateway-cli-short-secret-{}", std::process::id()));
     std::fs::write(&secret, "short\n").unwrap();
     let secret = secret.to_string_lossy().into_owned();
-    let cases: [(&[&str], &str); 26] = [
+    let cases: [(&[&str], &str); 32] = [
         (&["--no-such-flag"], "--no-such-flag"),
         (&["--listen", "nowhere"], "--listen"),
         (&["--backend", "b1"], "--backend"),
@@ -75,6 +75,12 @@ fn bad_flags_exit_2_naming_the_flag() {
         (&["--affinity", "carrier-pigeon"], "--affinity"),
         (&["--affinity", "query:a b"], "--affinity"),
         (&["--failover", "sometimes"], "--failover"),
+        (&["--cookie-same-site", "sometimes"], "--cookie-same-site"),
+        (&["--cookie-domain", "exa mple.com"], "--cookie-domain"),
+        (&["--cookie-domain", "example..com"], "--cookie-domain"),
+        (&["--cookie-domain", ""], "--cookie-domain"),
+        (&["--cookie-path", "app"], "--cookie-path"),
+        (&["--cookie-path", "/app;Secure"], "--cookie-path"),
         (&["--health-check", "healthz"], "--health-check"),
         (&["--health-check", "/healthz#ready"], "--health-check"),
         (
@@ -155,6 +161,10 @@ fn help_documents_every_flag() {
         "--group-weight",
         "--affinity",
         "--cookie-name",
+        "--cookie-secure",
+        "--cookie-same-site",
+        "--cookie-domain",
+        "--cookie-path",
         "--max-age",
         "--idle-timeout",
         "--secret-file",

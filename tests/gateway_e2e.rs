@@ -428,6 +428,55 @@ async fn replicas_with_one_secret_agree() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cookies_attributes_follow_the_flags() {
+    let servers = backends(&["b1"]).await;
+    let all: Vec<&Backend> = servers.iter().collect();
+    // The attributes of the sticky Set-Cookie a new session gets, sorted.
+    let attributes = |gateway: Gateway| async move {
+        let reply = gateway.browser().get("/").await;
+        let cookie = reply
+            .set_cookies
+            .iter()
+            .find(|c| c.starts_with("sticky="))
+            .unwrap_or_else(|| panic!("no sticky cookie: {reply:?}"))
+            .clone();
+        let mut attributes: Vec<String> = cookie.split("; ").skip(1).map(str::to_owned).collect();
+        attributes.sort();
+        attributes
+    };
+    let cases: [(&[&str], &[&str]); 3] = [
+        (&[], &["HttpOnly", "Path=/", "SameSite=Lax"]),
+        (
+            &[
+                "--cookie-secure",
+                "--cookie-same-site",
+                "strict",
+                "--cookie-domain",
+                "example.test",
+                "--cookie-path",
+                "/shop",
+            ],
+            &[
+                "Domain=example.test",
+                "HttpOnly",
+                "Path=/shop",
+                "SameSite=Strict",
+                "Secure",
+            ],
+        ),
+        // Browsers drop SameSite=None without Secure.
+        (
+            &["--cookie-same-site", "none"],
+            &["HttpOnly", "Path=/", "SameSite=None", "Secure"],
+        ),
+    ];
+    for (flags, wanted) in cases {
+        let gateway = Gateway::start(&all, flags).await;
+        assert_eq!(attributes(gateway).await, wanted, "{flags:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_in_a_running_gateway_and_keep_its_state() {
     let servers = backends(&["b1", "b2", "b3"]).await;
     let all: Vec<&Backend> = servers.iter().collect();

@@ -62,6 +62,30 @@ pub struct Args {
     #[arg(long, value_name = "NAME", default_value = "sticky", value_parser = cookie_name)]
     pub cookie_name: String,
 
+    /// Marks the cookie Secure, so that browsers send it back over HTTPS
+    /// only. Turn it on when clients reach the gateway over HTTPS (through
+    /// a TLS terminator in front of it).
+    #[arg(long)]
+    pub cookie_secure: bool,
+
+    /// The cookie's SameSite: `lax` (sent on requests from this site and
+    /// on links followed from others), `strict` (from this site only) or
+    /// `none` (on every request, cross-site ones too; needs HTTPS, and
+    /// makes the cookie Secure).
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = SameSitePolicy::Lax)]
+    pub cookie_same_site: SameSitePolicy,
+
+    /// The cookie's Domain, to share a session between subdomains
+    /// (`example.com` also covers `www.example.com` and
+    /// `shop.example.com`). Default: the host the client asked for, alone.
+    #[arg(long, value_name = "DOMAIN", value_parser = cookie_domain)]
+    pub cookie_domain: Option<String>,
+
+    /// The cookie's Path: browsers send it only with requests under PATH,
+    /// and requests elsewhere start a new session each time.
+    #[arg(long, value_name = "PATH", default_value = "/", value_parser = cookie_path)]
+    pub cookie_path: String,
+
     /// Longest life of a session from its first request, in seconds; also
     /// the cookie's Max-Age. Default: unlimited (a browser-session cookie).
     #[arg(long, value_name = "SECS")]
@@ -173,6 +197,27 @@ pub struct Args {
     pub threads: Option<std::num::NonZeroUsize>,
 }
 
+/// The cookie's SameSite attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SameSitePolicy {
+    /// `SameSite=Strict`.
+    Strict,
+    /// `SameSite=Lax`.
+    Lax,
+    /// `SameSite=None` (with `Secure`).
+    None,
+}
+
+impl From<SameSitePolicy> for tower_sticky::SameSite {
+    fn from(policy: SameSitePolicy) -> Self {
+        match policy {
+            SameSitePolicy::Strict => Self::Strict,
+            SameSitePolicy::Lax => Self::Lax,
+            SameSitePolicy::None => Self::None,
+        }
+    }
+}
+
 /// The failover policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Failover {
@@ -227,6 +272,33 @@ fn cookie_name(s: &str) -> Result<String, String> {
     } else {
         Err(format!(
             "{s:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)"
+        ))
+    }
+}
+
+/// A cookie's Domain: a host name (letters, digits, `-`), labels
+/// separated by single dots; a leading dot, which browsers ignore, is
+/// allowed.
+fn cookie_domain(s: &str) -> Result<String, String> {
+    let name = s.strip_prefix('.').unwrap_or(s);
+    let label =
+        |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if name.split('.').all(label) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a domain (letters, digits and -, labels separated by single dots)"
+        ))
+    }
+}
+
+/// A cookie's Path: from `/`, printable ASCII but `;`.
+fn cookie_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a cookie path (it starts with /; no spaces or ;)"
         ))
     }
 }

@@ -36,7 +36,9 @@ use hyper::body::{Body as _, Incoming};
 use tower::{Layer, ServiceExt};
 use tower_sticky::sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
 use tower_sticky::sticky_core::{BackendSpec, FailoverPolicy, PoolConfig};
-use tower_sticky::{Affinity, Backends, ClientIp, Error, ResponseBody, Sticky, StickyLayer};
+use tower_sticky::{
+    Affinity, Backends, ClientIp, CookieAttributes, Error, ResponseBody, Sticky, StickyLayer,
+};
 
 use cli::{fail, Args, Failover};
 use proxy::{ProxyError, ProxyOptions, Upstream};
@@ -158,6 +160,13 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         // A client that stopped sending its request body is its own
         // failure, not the backend's.
         .failure_errors(|error| !client_body_failed(error))
+        .cookie_attributes(CookieAttributes {
+            path: args.cookie_path.clone(),
+            domain: args.cookie_domain.clone(),
+            secure: args.cookie_secure,
+            same_site: args.cookie_same_site.into(),
+            ..CookieAttributes::default()
+        })
         .layer(backends.clone());
 
     if let Some(path) = args.health_check.clone() {
