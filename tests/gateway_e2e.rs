@@ -477,6 +477,83 @@ async fn the_cookies_attributes_follow_the_flags() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_a_line_per_request() {
+    let mut servers = backends(&["b1", "b2"]).await;
+    let all: Vec<&Backend> = servers.iter().collect();
+    let gateway = Gateway::start(&all, &["--access-log"]).await;
+    let quiet = Gateway::start(&all, &[]).await;
+    let access_lines = |gateway: &Gateway| -> Vec<String> {
+        gateway
+            .log()
+            .lines()
+            .filter(|l| l.contains(" access: "))
+            .map(str::to_owned)
+            .collect()
+    };
+
+    let mut browser = gateway.browser();
+    let first = browser.get("/cart?item=7").await;
+    let (home, _) = first.visit();
+    browser.get("/cart").await;
+    // An HTTP/1.1 request with no Host: answered by the gateway itself.
+    let mut raw = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"GET /nohost HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut raw).await.expect("an answer");
+    assert!(
+        head.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // The session's backend goes away: the session moves.
+    let gone = servers.iter_mut().find(|s| s.name == home).unwrap();
+    gone.stop().await;
+    let moved = browser.get("/cart").await;
+    assert_ne!(moved.visit().0, home);
+
+    wait_until("four access lines", || async {
+        access_lines(&gateway).len() == 4
+    })
+    .await;
+    let lines = access_lines(&gateway);
+    let other = if home == "b1" { "b2" } else { "b1" };
+    let wanted = [
+        format!("method=GET uri=/cart?item=7 status=200 backend={home} outcome=new reason=- source=none ms="),
+        format!("method=GET uri=/cart status=200 backend={home} outcome=hit reason=- source=cookie ms="),
+        "method=GET uri=/nohost status=400 backend=- outcome=refused reason=- source=- ms=".to_owned(),
+        format!("method=GET uri=/cart status=200 backend={other} outcome=failover reason=unhealthy source=none ms="),
+    ];
+    for (line, wanted) in lines.iter().zip(&wanted) {
+        assert!(line.contains(" INFO access: client=127.0.0.1:"), "{line}");
+        assert!(line.contains(wanted.as_str()), "{line}\nwanted: {wanted}");
+    }
+
+    // A backend that fails: named, with the status the client got.
+    let mute = raw_backend("mute", |stream| async move { drop(stream) }).await;
+    let failing = Gateway::start(&[&mute], &["--access-log"]).await;
+    let reply = failing.browser().get("/x").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+    wait_until("the failure's line", || async {
+        access_lines(&failing).len() == 1
+    })
+    .await;
+    let line = &access_lines(&failing)[0];
+    assert!(
+        line.contains(
+            "method=GET uri=/x status=502 backend=mute outcome=failed reason=- source=- ms="
+        ),
+        "{line}"
+    );
+
+    // Off by default.
+    let mut browser = quiet.browser();
+    browser.get("/").await;
+    browser.get("/").await;
+    assert!(access_lines(&quiet).is_empty(), "{}", quiet.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_in_a_running_gateway_and_keep_its_state() {
     let servers = backends(&["b1", "b2", "b3"]).await;
     let all: Vec<&Backend> = servers.iter().collect();

@@ -191,6 +191,14 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000), requires = "health_check")]
     pub health_fall: u32,
 
+    /// Logs one line per request as its response head goes out, at info
+    /// level under the target `access`: the client's address, method, URI,
+    /// status, the backend, how the request was placed and why, where its
+    /// key came from, and the milliseconds to the response head.
+    /// `RUST_LOG=warn,access=info` keeps these lines and drops the rest.
+    #[arg(long)]
+    pub access_log: bool,
+
     /// Worker threads serving clients, each with its own event loop and
     /// upstream connections. Default: one per CPU.
     #[arg(long, value_name = "N")]

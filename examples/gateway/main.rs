@@ -15,6 +15,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod access;
 mod admin;
 mod cli;
 mod client;
@@ -218,7 +219,13 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     for index in 0..workers {
         let (queue, accepted) = tokio::sync::mpsc::unbounded_channel();
         queues.push(queue);
-        threads.push(worker(index, sticky.clone(), client_timeout, accepted));
+        threads.push(worker(
+            index,
+            sticky.clone(),
+            client_timeout,
+            args.access_log,
+            accepted,
+        ));
     }
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut next = 0;
@@ -295,6 +302,7 @@ fn worker(
     index: usize,
     sticky: Sticky<Upstream>,
     client_timeout: Duration,
+    access_log: bool,
     accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
 ) -> std::thread::JoinHandle<()> {
     let (started, start) = std::sync::mpsc::sync_channel(1);
@@ -308,7 +316,7 @@ fn worker(
             match runtime {
                 Ok(runtime) => {
                     let _ = started.send(Ok(()));
-                    runtime.block_on(serve(sticky, client_timeout, accepted));
+                    runtime.block_on(serve(sticky, client_timeout, access_log, accepted));
                 }
                 Err(error) => {
                     let _ = started.send(Err(error));
@@ -336,10 +344,12 @@ fn worker(
 
 /// A worker's loop: serves each connection it is handed, on this thread.
 /// A client connection idle for `client_timeout`, or keeping the gateway
-/// waiting on it for that long mid-request, is closed.
+/// waiting on it for that long mid-request, is closed. With `access_log`,
+/// each request is logged as its response head goes out.
 async fn serve(
     sticky: Sticky<Upstream>,
     client_timeout: Duration,
+    access_log: bool,
     mut accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
 ) {
     let protocols = connection::Protocols::new();
@@ -357,6 +367,8 @@ async fn serve(
         let drain = stop.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let (started, upload) = requests.start(&request);
+            let access =
+                access_log.then(|| access::Access::start(peer, request.method(), request.uri()));
             request.extensions_mut().insert(peer);
             if let Some(upload) = upload {
                 request.extensions_mut().insert(upload);
@@ -374,12 +386,28 @@ async fn serve(
             };
             async move {
                 let mut response = match call {
-                    Ok(call) => call
-                        .await
-                        .unwrap_or_else(|error| error_response(error).map(ResponseBody::new)),
+                    Ok(call) => match call.await {
+                        Ok(response) => {
+                            if let Some(access) = access {
+                                access.log(&response, access::Fate::Placed);
+                            }
+                            response
+                        }
+                        Err(error) => {
+                            let response = error_response(&error).map(ResponseBody::new);
+                            if let Some(access) = access {
+                                access.log(&response, access::Fate::Failed(&error));
+                            }
+                            response
+                        }
+                    },
                     Err((status, why)) => {
                         tracing::debug!(status = status.as_u16(), "request refused: {why}");
-                        proxy::text(status, why).map(ResponseBody::new)
+                        let response = proxy::text(status, why).map(ResponseBody::new);
+                        if let Some(access) = access {
+                            access.log(&response, access::Fate::Refused);
+                        }
+                        response
                     }
                 };
                 // A WebSocket is under way on its backend until its tunnel
@@ -562,17 +590,17 @@ fn is_host(value: &[u8]) -> bool {
 /// 503 for a session that may not move (strict mode) or no backend at
 /// all; 504 for a backend that did not answer in time; 502 for a backend
 /// that failed.
-fn error_response(error: Error) -> http::Response<proxy::Body> {
-    if client_body_failed(&error) {
+fn error_response(error: &Error) -> http::Response<proxy::Body> {
+    if client_body_failed(error) {
         // Not the backend's failure, nor an answer for want of one.
-        let cause = root_cause(&error);
+        let cause = root_cause(error);
         tracing::debug!(%error, %cause, "request body broke off");
         return proxy::text(
             http::StatusCode::BAD_REQUEST,
             "the request body did not arrive whole",
         );
     }
-    let (status, message) = match &error {
+    let (status, message) = match error {
         Error::Rejected(_) => (error.status(), "no backend can serve this session"),
         Error::Backend { source, .. }
             if matches!(
@@ -593,7 +621,7 @@ fn error_response(error: Error) -> http::Response<proxy::Body> {
             "the backend closed the connection without an answer, or with one that cannot be passed on",
         ),
     };
-    let cause = root_cause(&error);
+    let cause = root_cause(error);
     tracing::warn!(%error, %cause, status = status.as_u16(), "request failed: {message}");
     proxy::ERROR_ANSWERS.count(status);
     proxy::text(status, message)
