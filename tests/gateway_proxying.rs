@@ -161,6 +161,44 @@ async fn forwarding_headers_host_and_hop_by_hop_headers() {
 /// client used HTTPS, from that proxy only: a client's own claim is
 /// replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lb_cookie_reaches_backends_unless_stripped() {
+    let backend = echo_backend("b1").await;
+    // The backend's Cookie headers, for a request carrying the gateway's
+    // cookie between two of the application's.
+    let cookies_seen = |gateway: Gateway| async move {
+        let first = send(
+            &gateway,
+            Request::get(format!("http://{}/", gateway.addr))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        let set = first.response_headers[SET_COOKIE].to_str().unwrap();
+        let sticky = set.split(';').next().unwrap().to_owned();
+        assert!(sticky.starts_with("sticky="), "{set}");
+        let request = Request::get(format!("http://{}/", gateway.addr))
+            .header(COOKIE, format!("app=1; {sticky}; theme=dark"))
+            .body(Full::default())
+            .unwrap();
+        let exchange = send(&gateway, request).await;
+        assert!(
+            !exchange.response_headers.contains_key(SET_COOKIE),
+            "the session held"
+        );
+        let seen: Vec<String> = exchange
+            .received("cookie")
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        (sticky, seen)
+    };
+    let (sticky, seen) = cookies_seen(Gateway::start(&[&backend], &[]).await).await;
+    assert_eq!(seen, [format!("app=1; {sticky}; theme=dark")]);
+    let (_, seen) = cookies_seen(Gateway::start(&[&backend], &["--strip-cookie"]).await).await;
+    assert_eq!(seen, ["app=1; theme=dark"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_proxys_forwarded_proto_and_host_are_kept() {
     let backend = echo_backend("echo").await;
     for (flags, proto, host) in [

@@ -62,6 +62,12 @@ pub struct Args {
     #[arg(long, value_name = "NAME", default_value = "sticky", value_parser = cookie_name)]
     pub cookie_name: String,
 
+    /// Removes the load-balancer cookie from requests before they reach
+    /// the backends (HAProxy's `indirect`): they never see it, and their
+    /// own cookies reach them as sent.
+    #[arg(long)]
+    pub strip_cookie: bool,
+
     /// Marks the cookie Secure, so that browsers send it back over HTTPS
     /// only. Turn it on when clients reach the gateway over HTTPS (through
     /// a TLS terminator in front of it).

@@ -161,6 +161,7 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         // A client that stopped sending its request body is its own
         // failure, not the backend's.
         .failure_errors(|error| !client_body_failed(error))
+        .strip_cookie(args.strip_cookie)
         .cookie_attributes(CookieAttributes {
             path: args.cookie_path.clone(),
             domain: args.cookie_domain.clone(),
