@@ -767,23 +767,13 @@ async fn metrics_count_each_backends_sessions_and_requests_for_prometheus() {
         content_type.as_deref(),
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
-    // Every sample belongs to a family announced by a TYPE line before it.
-    let mut typed = Vec::new();
-    let mut samples = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(family) = line.strip_prefix("# TYPE ") {
-            typed.push(family.split(' ').next().unwrap().to_owned());
-        } else if !line.starts_with('#') {
-            let (series, value) = line.rsplit_once(' ').expect(line);
-            let family = series.split('{').next().unwrap();
-            assert!(typed.iter().any(|t| t == family), "no TYPE before {line}");
-            samples.insert(series.to_owned(), value.parse::<u64>().expect(line));
-        }
-    }
+    let samples = prometheus_samples(&text);
     let sample = |series: String| {
-        *samples
+        let value = *samples
             .get(&series)
-            .unwrap_or_else(|| panic!("{series} in {text}"))
+            .unwrap_or_else(|| panic!("{series} in {text}"));
+        assert_eq!(value.fract(), 0.0, "{series} is a count");
+        value as u64
     };
 
     for name in ["b1", "b2"] {
@@ -795,6 +785,26 @@ async fn metrics_count_each_backends_sessions_and_requests_for_prometheus() {
         assert_eq!(figure("hits_total"), 2 * homed, "{name}: {text}");
         assert_eq!(figure("failures_total"), 0, "{name}: {text}");
         assert_eq!(figure("in_flight"), 0, "{name}: {text}");
+        // Every response timed, each in one bucket, buckets cumulative.
+        assert_eq!(
+            figure("response_seconds_count"),
+            3 * homed,
+            "{name}: {text}"
+        );
+        let buckets: Vec<u64> = samples
+            .keys()
+            .filter(|series| {
+                series.starts_with(&format!(
+                    "sticky_backend_response_seconds_bucket{{backend=\"{name}\","
+                ))
+            })
+            .map(|series| sample(series.clone()))
+            .collect();
+        assert_eq!(buckets.len(), 15, "{text}");
+        assert!(buckets.iter().all(|&b| b <= 3 * homed), "{buckets:?}");
+        let infinite =
+            format!("sticky_backend_response_seconds_bucket{{backend=\"{name}\",le=\"+Inf\"}}");
+        assert_eq!(sample(infinite), 3 * homed, "{text}");
     }
     let state = |name: &str, state: &str| {
         sample(format!(
@@ -810,6 +820,64 @@ async fn metrics_count_each_backends_sessions_and_requests_for_prometheus() {
         )),
         1
     );
+}
+
+/// The samples of a Prometheus text exposition, by series. Every sample
+/// must belong to a family announced by a TYPE line before it (a
+/// histogram's by its `_bucket`, `_sum` and `_count` series).
+fn prometheus_samples(text: &str) -> BTreeMap<String, f64> {
+    let mut typed: Vec<(String, String)> = Vec::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(family) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = family.split_once(' ').expect(line);
+            typed.push((name.to_owned(), kind.to_owned()));
+        } else if !line.starts_with('#') {
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            let name = series.split('{').next().unwrap();
+            let announced = typed.iter().any(|(family, kind)| {
+                name == family
+                    || kind == "histogram"
+                        && ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|suffix| name.strip_suffix(suffix) == Some(family))
+            });
+            assert!(announced, "no TYPE before {line}");
+            samples.insert(series.to_owned(), value.parse::<f64>().expect(line));
+        }
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_time_each_backends_responses() {
+    // b1 answers after 30 ms; each of its responses must count as at
+    // least that (the sleep may last longer, never shorter).
+    let app = axum::Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        "slow"
+    });
+    let slow = Backend::serve("b1", "127.0.0.1:0".parse().unwrap(), app).await;
+    let gateway = Gateway::start(&[&slow], &[]).await;
+    for _ in 0..5 {
+        assert_eq!(gateway.browser().get("/").await.status, StatusCode::OK);
+    }
+    let (_, _, text) = gateway.admin_text(Method::GET, "/metrics", "").await;
+    let samples = prometheus_samples(&text);
+    let series = |suffix: &str, le: Option<&str>| {
+        let labels = match le {
+            Some(le) => format!("backend=\"b1\",le=\"{le}\""),
+            None => "backend=\"b1\"".to_owned(),
+        };
+        let series = format!("sticky_backend_response_seconds_{suffix}{{{labels}}}");
+        *samples
+            .get(&series)
+            .unwrap_or_else(|| panic!("{series} in {text}"))
+    };
+    assert_eq!(series("count", None), 5.0, "{text}");
+    assert_eq!(series("bucket", Some("+Inf")), 5.0, "{text}");
+    assert_eq!(series("bucket", Some("0.025")), 0.0, "under 30 ms: {text}");
+    assert!(series("sum", None) >= 0.150, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,8 @@ mod connection;
 mod health;
 #[path = "../examples/gateway/keys.rs"]
 mod keys;
+#[path = "../examples/gateway/latency.rs"]
+mod latency;
 #[path = "../examples/gateway/proxy.rs"]
 mod proxy;
 #[path = "../examples/gateway/stall.rs"]

@@ -92,8 +92,10 @@
 //! `..._hits_total`, `..._failovers_total`, `..._failures_total`), for
 //! requests in flight, weight and state (`sticky_backend_state`, 1 for the
 //! backend's state and 0 for the others), whether it fails its health
-//! checks (`sticky_backend_failing_checks`), and `sticky_backend_info` with
-//! its URL and group. Each is labelled `backend="NAME"`. A backend removed
+//! checks (`sticky_backend_failing_checks`), its response times
+//! (`sticky_backend_response_seconds`, a histogram of the time from a
+//! request handed over to the backend's response head, from 0.5 ms to
+//! 10 s), and `sticky_backend_info` with its URL and group. Each is labelled `backend="NAME"`. A backend removed
 //! and added again starts its counters from 0, which Prometheus's `rate`
 //! and `increase` read as a reset. `sticky_gateway_error_answers_total`,
 //! labelled `status="502"`, `"503"` or `"504"`, counts the answers the
@@ -126,6 +128,7 @@ use tower_sticky::sticky_core::{BackendSpec, BackendState, ConfigError, Counters
 use tower_sticky::{BackendStatus, Backends};
 
 use crate::keys::{Keys, ReloadError, Source};
+use crate::latency::{self, Histogram};
 use crate::proxy::{ProxyOptions, Upstream};
 
 /// The admin API over `backends`; `options` configure the upstreams that
@@ -205,6 +208,9 @@ struct BackendJson {
     /// Held out by failing health checks.
     failing_checks: bool,
     counters: CountersJson,
+    /// For `/metrics` only.
+    #[serde(skip)]
+    response_times: Histogram,
 }
 
 #[derive(Serialize)]
@@ -333,11 +339,8 @@ impl Admin {
     }
 
     fn to_json(&self, status: BackendStatus) -> Option<BackendJson> {
-        let url = self
-            .backends
-            .service(status.name.as_str())?
-            .url()
-            .to_owned();
+        let upstream = self.backends.service(status.name.as_str())?;
+        let url = upstream.url().to_owned();
         Some(BackendJson {
             name: status.name.as_str().to_owned(),
             url,
@@ -347,6 +350,7 @@ impl Admin {
             admin_state: status.admin_state.as_str(),
             failing_checks: status.failing_checks,
             counters: status.counters.into(),
+            response_times: upstream.response_times(),
         })
     }
 
@@ -717,6 +721,34 @@ fn render_metrics(backends: &[BackendJson], fingerprints: &[String]) -> String {
         let _ = writeln!(
             out,
             "sticky_backend_failing_checks{{backend=\"{label}\"}} {value}"
+        );
+    }
+    out.push_str(
+        "# HELP sticky_backend_response_seconds Time from a request handed to the backend \
+         (its body included) to the backend's response head.\n",
+    );
+    out.push_str("# TYPE sticky_backend_response_seconds histogram\n");
+    for b in backends {
+        let label = label_value(&b.name);
+        let times = &b.response_times;
+        let mut below = 0;
+        let bounds = latency::BOUNDS.iter().map(f64::to_string);
+        for (bound, count) in bounds.chain(["+Inf".to_owned()]).zip(times.buckets) {
+            below += count;
+            let _ = writeln!(
+                out,
+                "sticky_backend_response_seconds_bucket{{backend=\"{label}\",le=\"{bound}\"}} {below}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "sticky_backend_response_seconds_sum{{backend=\"{label}\"}} {}",
+            times.sum
+        );
+        let _ = writeln!(
+            out,
+            "sticky_backend_response_seconds_count{{backend=\"{label}\"}} {}",
+            times.count()
         );
     }
     out.push_str("# HELP sticky_backend_info The backend's URL and group (empty for none).\n");
@@ -1299,9 +1331,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn status_page_shows_each_share_of_requests() {
-        let backend = |name: &str, requests| BackendJson {
+    /// An active backend of weight 1 as the API shows it, nothing counted.
+    fn shown(name: &str) -> BackendJson {
+        BackendJson {
             name: name.to_owned(),
             url: format!("http://{name}:80"),
             weight: 1,
@@ -1309,14 +1341,17 @@ mod tests {
             group: None,
             admin_state: "active",
             failing_checks: false,
-            counters: CountersJson {
-                requests,
-                new_sessions: 0,
-                hits: 0,
-                failovers: 0,
-                failures: 0,
-                in_flight: 0,
-            },
+            counters: Counters::default().into(),
+            response_times: Histogram::default(),
+        }
+    }
+
+    #[test]
+    fn status_page_shows_each_share_of_requests() {
+        let backend = |name: &str, requests| {
+            let mut b = shown(name);
+            b.counters.requests = requests;
+            b
         };
         let page = render_page(&[backend("a", 1), backend("b", 3)], &[]);
         assert!(page.contains("width:25.0%") && page.contains("width:75.0%"));
@@ -1329,21 +1364,10 @@ mod tests {
     #[test]
     fn status_page_notes_failing_checks_and_the_state_returned_to() {
         let backend = |state, admin_state, failing_checks| BackendJson {
-            name: "b1".to_owned(),
-            url: "http://b1:80".to_owned(),
-            weight: 1,
             state,
-            group: None,
             admin_state,
             failing_checks,
-            counters: CountersJson {
-                requests: 0,
-                new_sessions: 0,
-                hits: 0,
-                failovers: 0,
-                failures: 0,
-                in_flight: 0,
-            },
+            ..shown("b1")
         };
         let cell = |b| {
             let page = render_page(&[b], &[]);

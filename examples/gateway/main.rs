@@ -23,6 +23,7 @@ mod connection;
 mod demo;
 mod health;
 mod keys;
+mod latency;
 mod proxy;
 mod stall;
 

@@ -53,6 +53,7 @@ use tower_sticky::sticky_core::InFlight;
 use tower_sticky::{BoxError, Unsent};
 
 use crate::client::Uploading;
+use crate::latency::{Histogram, ResponseTimes};
 use crate::stall::{Stall, Watched};
 
 /// Answers the gateway made itself because no backend answered, by
@@ -244,6 +245,8 @@ struct Inner {
     options: ProxyOptions,
     /// Idle connections: one pool off the workers, then one per worker.
     idle: Box<[Mutex<Pool>]>,
+    /// Its response times, sharded as `idle` is.
+    times: ResponseTimes,
 }
 
 /// One thread's idle connections to one backend.
@@ -317,6 +320,7 @@ impl Upstream {
                 host,
                 options: options.clone(),
                 idle: (0..=options.workers).map(|_| Mutex::default()).collect(),
+                times: ResponseTimes::new(options.workers + 1),
             }),
         })
     }
@@ -324,6 +328,12 @@ impl Upstream {
     /// The backend's URL, as `http://host:port`.
     pub fn url(&self) -> &str {
         &self.inner.url
+    }
+
+    /// The backend's response times so far: from each request handed over
+    /// to its response head.
+    pub fn response_times(&self) -> Histogram {
+        self.inner.times.read()
     }
 
     /// This thread's idle pool, and its index.
@@ -578,8 +588,13 @@ impl Upstream {
         // A proxy answers in its own version (RFC 9110, 2.5): an HTTP/1.0
         // backend must not make the client's connection HTTP/1.0 too.
         parts.version = Version::HTTP_11;
-        // The backend's time for the body's first part starts now.
+        // The backend's time for the body's first part starts now; the
+        // wait for the head ended.
+        let waited_since = conn.armed_at;
         conn.arm();
+        let shard = POOL_SHARD.with(|shard| shard.get());
+        let waited = conn.armed_at.saturating_duration_since(waited_since);
+        self.inner.times.record(shard, waited);
         let body = Leased {
             body,
             lease: Some((self.clone(), conn)),
@@ -938,6 +953,8 @@ struct Conn {
     writing: Arc<Stall>,
     timeout: Duration,
     deadline: tokio::time::Instant,
+    /// When `deadline` was last set a whole timeout ahead.
+    armed_at: tokio::time::Instant,
     timer: Pin<Box<tokio::time::Sleep>>,
     /// When it last went back to its pool.
     idle_since: tokio::time::Instant,
@@ -952,6 +969,7 @@ impl Conn {
             writing,
             timeout,
             deadline,
+            armed_at: now,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             idle_since: now,
         }
@@ -959,7 +977,8 @@ impl Conn {
 
     /// Gives the backend the full timeout from now.
     fn arm(&mut self) {
-        self.deadline = tokio::time::Instant::now() + self.timeout;
+        self.armed_at = tokio::time::Instant::now();
+        self.deadline = self.armed_at + self.timeout;
     }
 
     /// Ready once the deadline has passed.
