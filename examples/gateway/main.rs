@@ -369,8 +369,9 @@ async fn serve(
         let drain = stop.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let (started, upload) = requests.start(&request);
-            let access =
-                access_log.then(|| access::Access::start(peer, request.method(), request.uri()));
+            // Boxed: a pointer, not the record, in every request's future.
+            let access = access_log
+                .then(|| Box::new(access::Access::start(peer, request.method(), request.uri())));
             request.extensions_mut().insert(peer);
             if let Some(upload) = upload {
                 request.extensions_mut().insert(upload);
