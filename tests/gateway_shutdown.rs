@@ -155,6 +155,31 @@ async fn sigterm_finishes_requests_under_way() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_gone_away_does_not_turn_shutdown_into_a_crash() {
+    // Its standard error a pipe whose reader has gone, as a terminal
+    // closed under it or a log collector stopped: every write fails.
+    let mut child = tokio::process::Command::new(gateway())
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("STICKY_SECRET", "shutdown test secret, 32 bytes..")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (listen, _admin) = announced(&mut child)
+        .await
+        .expect("the gateway exited before it listened");
+    drop(child.stderr.take());
+    answered(listen, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", b"\n").await;
+    terminate_and_wait_for_the_listener(&child, listen).await;
+    exits_cleanly(
+        &mut child,
+        "after SIGTERM, with nothing to write its log to",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_admin_connection_does_not_hold_up_shutdown() {
     let (mut child, _listen, admin) = spawn_gateway(&["--client-timeout", "1"]).await;
 

@@ -188,22 +188,28 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     }
 
     let keys = keys::Keys::new(key_source, backends.clone());
-    tokio::spawn(keys::reload_on_hangup(keys.clone()));
+    if matches!(keys.source(), keys::Source::File(_)) {
+        // Only then: otherwise SIGHUP could read nothing again, and keeps
+        // its usual effect of stopping the process.
+        tokio::spawn(keys::reload_on_hangup(keys.clone()));
+    }
 
     let (listener, address) = bind(args.listen, "--listen").await;
     let (admin_listener, admin_address) = bind(args.admin_listen, "--admin-listen").await;
     // The bound addresses, so that port 0 (any free port) can be found.
-    println!("gateway listening on http://{address}");
-    println!("admin and status page on http://{admin_address}");
+    announce(format_args!("gateway listening on http://{address}"));
+    announce(format_args!(
+        "admin and status page on http://{admin_address}"
+    ));
     for (name, url) in &backends_given {
         // As the admin API shows it: with its port, :80 if none was given.
         let url = backends
             .service(name)
             .map_or_else(|| url.clone(), |upstream| upstream.url().to_owned());
-        println!("  backend {name} at {url}");
+        announce(format_args!("  backend {name} at {url}"));
     }
     if args.backends.is_empty() {
-        println!("try: curl -c jar -b jar http://{address}/");
+        announce(format_args!("try: curl -c jar -b jar http://{address}/"));
     }
 
     let client_timeout = Duration::from_secs(args.client_timeout);
@@ -249,7 +255,7 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
                 let mut connection = Accepted { stream, peer, stop: stop.subscribe() };
                 loop {
                     if queues.is_empty() {
-                        eprintln!("error: every worker thread has stopped");
+                        tell(format_args!("error: every worker thread has stopped"));
                         std::process::exit(1);
                     }
                     next %= queues.len();
@@ -272,14 +278,18 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     // A second signal, as from a second Ctrl-C, stops without waiting.
     let again = shutdown_signal();
     drop(listener);
-    eprintln!("shutting down: finishing requests under way (a second signal stops at once)");
+    tell(format_args!(
+        "shutting down: finishing requests under way (a second signal stops at once)"
+    ));
     tokio::select! {
         _ = async {
             stop.send_replace(true);
             stop.closed().await;
         } => {}
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => eprintln!("gave up waiting after {DRAIN_TIMEOUT:?}"),
-        () = again => eprintln!("second signal: stopping without waiting"),
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            tell(format_args!("gave up waiting after {DRAIN_TIMEOUT:?}"));
+        }
+        () = again => tell(format_args!("second signal: stopping without waiting")),
     }
     // Closing the queues stops the workers.
     drop(queues);
@@ -685,6 +695,21 @@ fn key_ring(args: &Args) -> (KeyRing, keys::Source) {
     );
     let ring = KeyRing::new([secret]).unwrap_or_else(|e| fail("--secret-file", e));
     (ring, keys::Source::Random)
+}
+
+/// Writes a line to standard output, where the gateway says where it
+/// listens. A closed output does not stop the gateway (`println!` would
+/// panic).
+fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// Writes a line to standard error once the gateway serves. A terminal
+/// gone away (or a closed pipe) must not turn a shutdown into a panic.
+fn tell(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn random_u64() -> u64 {
