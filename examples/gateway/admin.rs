@@ -5,7 +5,8 @@
 //! bad request (malformed JSON, a bad URL, a weight above 256), 404 for an
 //! unknown backend or group, 409 for a name that is already taken, an
 //! undrain of a backend that is not draining, or keys to read again that
-//! did not come from a file, and 422 for a key file with no usable key.
+//! did not come from a file, and 500 for a key file that cannot be read or
+//! holds no usable key.
 //!
 //! A backend reads as
 //!
@@ -82,8 +83,11 @@
 //! curl -s http://127.0.0.1:9000/keys
 //!
 //! # Read --secret-file again, as SIGHUP does: 200 with the keys now in
-//! # use and whether they changed; 422 (the keys in use kept) for a file
-//! # with no usable key; 409 when the keys did not come from a file.
+//! # use, whether they changed, and whether the signing key was dropped
+//! # or was not listed before (both risky across replicas: see --help);
+//! # 500 (the keys in use kept, and the reason shown by GET /keys until a
+//! # reading succeeds) for a file that cannot be read or holds no usable
+//! # key; 409 when the keys did not come from a file.
 //! curl -s -X POST http://127.0.0.1:9000/keys/reload
 //! ```
 //!
@@ -102,13 +106,14 @@
 //! gateway made itself because no backend did (a request no backend
 //! could take counts here and nowhere else). `sticky_gateway_key_info`
 //! has one series per cookie key, labelled with its `position` (0 signs)
-//! and `fingerprint`.
+//! and `fingerprint`; `sticky_gateway_keys_last_reload_successful` is 0
+//! while the last reading of the key file has failed.
 //!
 //! Each change answers with the backend as it is after the change (removal
 //! answers `{"removed": "b3"}`) and takes effect for the next request the
 //! gateway proxies. Nothing here shows the token keys themselves, only
-//! their fingerprints, which say no more about a secret than a cookie
-//! signed with it.
+//! their fingerprints (see `KeyRing::fingerprints` for what one reveals:
+//! nothing of a random secret).
 //!
 //! The admin API has no authentication of its own: bind it to a loopback
 //! or otherwise private address.
@@ -182,6 +187,9 @@ struct KeysJson {
     path: Option<String>,
     /// One per key in use, the signing key's first.
     fingerprints: Vec<String>,
+    /// Why the last reading of the file failed, while it has not since
+    /// succeeded.
+    last_reload_error: Option<String>,
 }
 
 /// `POST /keys/reload`'s answer.
@@ -191,8 +199,12 @@ struct ReloadJson {
     changed: bool,
     /// Whether the key that signed until then is gone from it.
     dropped_signing_key: bool,
-    #[serde(flatten)]
-    keys: KeysJson,
+    /// Whether the key that signs now was not listed before.
+    signing_key_new: bool,
+    source: &'static str,
+    path: Option<String>,
+    /// The ring this reading put in use (or found in use).
+    fingerprints: Vec<String>,
 }
 
 /// One backend, as the API shows it.
@@ -382,35 +394,42 @@ async fn list(State(admin): State<Admin>) -> Json<Vec<BackendJson>> {
     Json(admin.all())
 }
 
-fn keys_json(keys: &Keys) -> KeysJson {
-    KeysJson {
-        source: keys.source().as_str(),
-        path: match keys.source() {
-            Source::File(path) => Some(path.display().to_string()),
-            Source::Environment | Source::Random => None,
-        },
-        fingerprints: keys.fingerprints(),
+fn key_path(keys: &Keys) -> Option<String> {
+    match keys.source() {
+        Source::File(path) => Some(path.display().to_string()),
+        Source::Environment | Source::Random => None,
     }
 }
 
 /// `GET /keys`: where the cookie keys come from, and their fingerprints.
 async fn show_keys(State(admin): State<Admin>) -> Json<KeysJson> {
-    Json(keys_json(&admin.keys))
+    let keys = &admin.keys;
+    Json(KeysJson {
+        source: keys.source().as_str(),
+        path: key_path(keys),
+        last_reload_error: keys.last_error().await,
+        fingerprints: keys.fingerprints(),
+    })
 }
 
 /// `POST /keys/reload`: reads `--secret-file` again, as SIGHUP does.
 async fn reload_keys(State(admin): State<Admin>) -> Result<Json<ReloadJson>, ApiError> {
-    match admin.keys.reload().await {
+    let keys = &admin.keys;
+    match keys.reload().await {
         Ok(reloaded) => Ok(Json(ReloadJson {
             changed: reloaded.changed,
             dropped_signing_key: reloaded.dropped_signing_key,
-            keys: keys_json(&admin.keys),
+            signing_key_new: reloaded.signing_key_new,
+            source: keys.source().as_str(),
+            path: key_path(keys),
+            fingerprints: reloaded.fingerprints,
         })),
         Err(error @ ReloadError::NoFile(_)) => {
             Err(ApiError::new(StatusCode::CONFLICT, error.to_string()))
         }
+        // The gateway's own file is at fault, not the request.
         Err(error @ ReloadError::BadFile(_)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::INTERNAL_SERVER_ERROR,
             format!("{error}; the keys in use are unchanged"),
         )),
     }
@@ -627,7 +646,11 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render_metrics(&admin.all(), &admin.keys.fingerprints()),
+        render_metrics(
+            &admin.all(),
+            &admin.keys.fingerprints(),
+            admin.keys.last_read_succeeded(),
+        ),
     )
 }
 
@@ -639,9 +662,10 @@ const STATES: [BackendState; 4] = [
     BackendState::Unhealthy,
 ];
 
-/// The metrics of `backends`, and of the cookie keys by their
-/// `fingerprints` (the signing key's first).
-fn render_metrics(backends: &[BackendJson], fingerprints: &[String]) -> String {
+/// The metrics of `backends`, and of the cookie keys: their
+/// `fingerprints` (the signing key's first), and whether the last reading
+/// of their file succeeded.
+fn render_metrics(backends: &[BackendJson], fingerprints: &[String], keys_read: bool) -> String {
     type Figure = fn(&BackendJson) -> u64;
     let families: [(&str, &str, &str, Figure); 7] = [
         (
@@ -786,6 +810,17 @@ fn render_metrics(backends: &[BackendJson], fingerprints: &[String]) -> String {
             "sticky_gateway_key_info{{position=\"{position}\",fingerprint=\"{fingerprint}\"}} 1"
         );
     }
+    out.push_str(
+        "# HELP sticky_gateway_keys_last_reload_successful 1 if the last reading of \
+         --secret-file (SIGHUP or POST /keys/reload) put its keys in use, or none was made; \
+         0 if it failed and the keys before it stayed.\n",
+    );
+    out.push_str("# TYPE sticky_gateway_keys_last_reload_successful gauge\n");
+    let _ = writeln!(
+        out,
+        "sticky_gateway_keys_last_reload_successful {}",
+        u8::from(keys_read)
+    );
     out
 }
 
@@ -1222,7 +1257,8 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             keys,
-            json!({"source": "random", "path": null, "fingerprints": ours})
+            json!({"source": "random", "path": null, "fingerprints": ours,
+                   "last_reload_error": null})
         );
         let (status, error) = json_call(&admin, Method::POST, "/keys/reload", "").await;
         assert_eq!(status, StatusCode::CONFLICT, "{error}");
@@ -1252,12 +1288,12 @@ mod tests {
         let both = fingerprint(&[SECRET, next]);
         assert_eq!(
             keys,
-            json!({"changed": true, "dropped_signing_key": false, "source": "--secret-file",
-                   "path": shown, "fingerprints": both})
+            json!({"changed": true, "dropped_signing_key": false, "signing_key_new": false,
+                   "source": "--secret-file", "path": shown, "fingerprints": both})
         );
         std::fs::write(&path, "too short\n").unwrap();
         let (status, error) = json_call(&admin, Method::POST, "/keys/reload", "").await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{error}");
         let message = error["error"].as_str().unwrap();
         assert!(
             message.contains(&shown) && message.contains("shorter"),
@@ -1266,11 +1302,21 @@ mod tests {
         assert!(message.contains("unchanged"), "{message}");
         let (_, keys) = json_call(&admin, Method::GET, "/keys", "").await;
         assert_eq!(keys["fingerprints"], json!(both));
+        let why = keys["last_reload_error"].as_str().unwrap();
+        assert!(why.contains("shorter"), "{keys}");
+        let gauge = "sticky_gateway_keys_last_reload_successful ";
+        let (_, _, metrics) = call(&admin, Method::GET, "/metrics", "").await;
+        assert!(metrics.contains(&format!("{gauge}0\n")), "{metrics}");
         std::fs::write(&path, format!("{next}\n")).unwrap();
         let (status, keys) = json_call(&admin, Method::POST, "/keys/reload", "").await;
         assert_eq!(status, StatusCode::OK, "{keys}");
         assert_eq!(keys["dropped_signing_key"], true);
+        assert_eq!(keys["signing_key_new"], false, "it was listed second");
         assert_eq!(keys["fingerprints"], json!(fingerprint(&[next])));
+        let (_, keys) = json_call(&admin, Method::GET, "/keys", "").await;
+        assert_eq!(keys["last_reload_error"], Value::Null);
+        let (_, _, metrics) = call(&admin, Method::GET, "/metrics", "").await;
+        assert!(metrics.contains(&format!("{gauge}1\n")), "{metrics}");
         let _ = std::fs::remove_file(&path);
     }
 

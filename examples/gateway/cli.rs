@@ -105,11 +105,15 @@ pub struct Args {
     /// cookies, all verify them. Blank lines and lines starting with `#`
     /// are skipped. Without it, the STICKY_SECRET environment
     /// variable; without either, a random key (replicas will not agree).
-    /// The gateway reads the file again on SIGHUP (or `POST /keys/reload`
-    /// on the admin listener) and keeps its old keys if the new ones are
-    /// unusable. To rotate across replicas, first give every replica the
-    /// new secret as its second line, then, once all have it, make it the
-    /// first; remove the old one once its cookies no longer matter.
+    /// The gateway reads the file again on SIGHUP (which then no longer
+    /// stops it) or `POST /keys/reload` on the admin listener, and keeps
+    /// its keys if the file cannot be read or holds none it can use; write
+    /// a new file beside it and rename it into place, so that no reading
+    /// sees it half written. To rotate across replicas, in three steps,
+    /// each on every replica before the next: list the new secret second;
+    /// move it first (each session is then signed again on its next
+    /// request); drop the old one once the sessions it signed may end
+    /// (after --idle-timeout, if set).
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
 

@@ -72,8 +72,11 @@ pub struct Keys {
     source: Arc<Source>,
     backends: Backends<Upstream>,
     /// One reading at a time, so that each compares with the ring the one
-    /// before it left.
-    reading: Arc<tokio::sync::Mutex<()>>,
+    /// before it left; holds why the last reading failed, if it did.
+    reading: Arc<tokio::sync::Mutex<Option<String>>>,
+    /// Whether the last reading succeeded (or none was made), for readers
+    /// that do not wait for one under way.
+    last_read: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why the keys were not read again. The keys in use stay.
@@ -106,6 +109,22 @@ pub struct Reloaded {
     /// The key that signed until now is no longer listed: every cookie it
     /// signed now counts as none, and its session starts again.
     pub dropped_signing_key: bool,
+    /// The key that signs now was not listed before: a replica that does
+    /// not list it yet takes the cookies it signs for forgeries.
+    pub signing_key_new: bool,
+    /// The fingerprints of the ring in use after this reading.
+    pub fingerprints: Vec<String>,
+}
+
+impl Source {
+    /// The source in words, for messages.
+    fn described(&self) -> &'static str {
+        match self {
+            Source::File(_) => "--secret-file",
+            Source::Environment => "STICKY_SECRET",
+            Source::Random => "a random key made at start",
+        }
+    }
 }
 
 impl Keys {
@@ -115,6 +134,7 @@ impl Keys {
             source: Arc::new(source),
             backends,
             reading: Arc::default(),
+            last_read: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 
@@ -128,43 +148,69 @@ impl Keys {
         fingerprints(self.backends.config().tokens.keys())
     }
 
+    /// Whether the last reading of the file put its keys in use (true
+    /// before any).
+    pub fn last_read_succeeded(&self) -> bool {
+        self.last_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why the last reading of the file failed, if it did; waits for a
+    /// reading under way.
+    pub async fn last_error(&self) -> Option<String> {
+        self.reading.lock().await.clone()
+    }
+
     /// Reads the key file again and, if it holds a different ring, puts it
     /// in use for the next request. Logs what it did either way.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let _one = self.reading.lock().await;
+        let mut last_error = self.reading.lock().await;
         let result = self.read_again().await;
         match &result {
-            Ok(Reloaded { changed: false, .. }) => {
+            Ok(reloaded) if !reloaded.changed => {
                 tracing::info!("keys read again: unchanged");
             }
-            Ok(Reloaded {
-                changed: true,
-                dropped_signing_key,
-            }) => {
-                let keys = self.fingerprints();
+            Ok(reloaded) => {
                 tracing::info!(
-                    signing = %keys[0],
-                    keys = keys.len(),
+                    signing = %reloaded.fingerprints[0],
+                    keys = reloaded.fingerprints.len(),
                     "keys read again: new ring in use"
                 );
-                if *dropped_signing_key {
+                if reloaded.dropped_signing_key {
                     tracing::warn!(
                         "the key that signed cookies until now is no longer listed: \
                          the sessions it signed start again"
                     );
                 }
+                if reloaded.signing_key_new {
+                    tracing::warn!(
+                        "the key that signs cookies now was not listed before: replicas \
+                         that do not list it yet take its cookies for forgeries and start \
+                         their sessions again (list a new key second on every replica \
+                         first, then move it first)"
+                    );
+                }
+            }
+            Err(error @ ReloadError::NoFile(_)) => {
+                tracing::warn!("keys not read again: {error}");
             }
             Err(error) => {
                 tracing::error!("keys not read again, the ones in use stay: {error}");
             }
         }
+        match &result {
+            Ok(_) => *last_error = None,
+            Err(ReloadError::BadFile(why)) => *last_error = Some(why.clone()),
+            Err(ReloadError::NoFile(_)) => {}
+        }
+        self.last_read
+            .store(last_error.is_none(), std::sync::atomic::Ordering::Relaxed);
         result
     }
 
     async fn read_again(&self) -> Result<Reloaded, ReloadError> {
         let path = match &*self.source {
             Source::File(path) => path,
-            other => return Err(ReloadError::NoFile(other.as_str())),
+            other => return Err(ReloadError::NoFile(other.described())),
         };
         // Off the thread that accepts connections: a file on a slow disk
         // must not hold them up.
@@ -183,18 +229,17 @@ impl Keys {
             .fingerprints()
             .collect();
         let after: Vec<u64> = ring.fingerprints().collect();
-        if before == after {
-            return Ok(Reloaded {
-                changed: false,
-                dropped_signing_key: false,
-            });
+        let changed = before != after;
+        if changed {
+            self.backends
+                .set_keys(ring)
+                .map_err(|e| ReloadError::BadFile(format!("{}: {e}", path.display())))?;
         }
-        self.backends
-            .set_keys(ring)
-            .map_err(|e| ReloadError::BadFile(format!("{}: {e}", path.display())))?;
         Ok(Reloaded {
-            changed: true,
+            changed,
             dropped_signing_key: !after.contains(&before[0]),
+            signing_key_new: !before.contains(&after[0]),
+            fingerprints: after.into_iter().map(hex).collect(),
         })
     }
 }
@@ -289,60 +334,50 @@ mod tests {
         let old = fingerprints(&ring(&[OLD]))[0].clone();
         let new = fingerprints(&ring(&[NEW]))[0].clone();
         assert_eq!(keys.fingerprints(), [old.as_str()]);
-
-        let unchanged = Reloaded {
-            changed: false,
-            dropped_signing_key: false,
+        // (changed, dropped signing key, new signing key, fingerprints after)
+        let read = || async {
+            let r = keys.reload().await.unwrap();
+            (
+                r.changed,
+                r.dropped_signing_key,
+                r.signing_key_new,
+                r.fingerprints,
+            )
         };
-        assert_eq!(keys.reload().await, Ok(unchanged));
+        let (old, new) = (old.as_str().to_owned(), new.as_str().to_owned());
+
+        assert_eq!(read().await, (false, false, false, vec![old.clone()]));
         // A comment changes nothing either.
         file.write(&format!("# the fleet's key\n{OLD}\n"));
-        assert_eq!(
-            keys.reload().await,
-            Ok(Reloaded {
-                changed: false,
-                dropped_signing_key: false,
-            })
-        );
+        assert_eq!(read().await, (false, false, false, vec![old.clone()]));
 
-        let step = Reloaded {
-            changed: true,
-            dropped_signing_key: false,
-        };
+        // The steps of a rotation, none of them to be warned about.
         file.write(&format!("{OLD}\n{NEW}\n"));
-        assert_eq!(keys.reload().await, Ok(step));
-        assert_eq!(keys.fingerprints(), [old.as_str(), new.as_str()]);
+        let both = vec![old.clone(), new.clone()];
+        assert_eq!(read().await, (true, false, false, both.clone()));
+        assert_eq!(keys.fingerprints(), both);
         file.write(&format!("{NEW}\n{OLD}\n"));
-        assert_eq!(
-            keys.reload().await,
-            Ok(Reloaded {
-                changed: true,
-                dropped_signing_key: false,
-            })
-        );
-        assert_eq!(keys.fingerprints(), [new.as_str(), old.as_str()]);
+        let swapped = vec![new.clone(), old.clone()];
+        assert_eq!(read().await, (true, false, false, swapped.clone()));
+        assert_eq!(keys.fingerprints(), swapped);
         file.write(&format!("{NEW}\n"));
-        assert_eq!(
-            keys.reload().await,
-            Ok(Reloaded {
-                changed: true,
-                dropped_signing_key: false,
-            })
-        );
-        assert_eq!(keys.fingerprints(), [new.as_str()]);
+        assert_eq!(read().await, (true, false, false, vec![new.clone()]));
         assert_eq!(keys.backends.status()[0].state, BackendState::Draining);
 
-        // Straight to a key never listed, the signing one gone: done, and
-        // said.
-        file.write(&format!("{OLD}\n"));
+        // Straight to a key never listed, with the old one kept, then
+        // without it: done, and each risk said.
+        file.write(&format!("{OLD}\n{NEW}\n"));
         assert_eq!(
-            keys.reload().await,
-            Ok(Reloaded {
-                changed: true,
-                dropped_signing_key: true,
-            })
+            read().await,
+            (true, false, true, vec![old.clone(), new.clone()])
         );
+        file.write(&format!("{NEW}\n"));
+        assert_eq!(read().await, (true, true, false, vec![new.clone()]));
+        file.write(&format!("{OLD}\n"));
+        assert_eq!(read().await, (true, true, true, vec![old.clone()]));
         assert_eq!(keys.fingerprints(), [old]);
+        assert!(keys.last_read_succeeded());
+        assert_eq!(keys.last_error().await, None);
     }
 
     #[tokio::test]
@@ -368,6 +403,14 @@ mod tests {
         std::fs::remove_file(&file.0).unwrap();
         assert!(matches!(keys.reload().await, Err(ReloadError::BadFile(_))));
         assert_eq!(keys.fingerprints(), in_use);
+        assert!(!keys.last_read_succeeded());
+        let why = keys.last_error().await.unwrap();
+        assert!(why.contains(&file.0.display().to_string()), "{why}");
+        // A good file again: the failure is over.
+        file.write(&format!("{OLD}\n"));
+        assert!(keys.reload().await.is_ok());
+        assert!(keys.last_read_succeeded());
+        assert_eq!(keys.last_error().await, None);
     }
 
     #[tokio::test]
@@ -375,8 +418,13 @@ mod tests {
         for source in [Source::Environment, Source::Random] {
             let keys = keys_from(source.clone(), ring(&[OLD]));
             let error = keys.reload().await.unwrap_err();
-            assert_eq!(error, ReloadError::NoFile(source.as_str()));
-            assert!(error.to_string().contains("--secret-file"), "{error}");
+            assert!(matches!(error, ReloadError::NoFile(_)), "{error}");
+            let message = error.to_string();
+            assert!(message.contains("--secret-file"), "{message}");
+            let named = ["STICKY_SECRET", "a random key"];
+            assert!(named.iter().any(|n| message.contains(n)), "{message}");
+            // Nothing to read is no failed reading.
+            assert!(keys.last_read_succeeded());
         }
     }
 }

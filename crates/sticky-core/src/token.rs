@@ -161,11 +161,15 @@ impl KeyRing {
     }
 
     /// One fingerprint per key, in ring order (the signing key's first):
-    /// 64 bits of an HMAC under the key, for telling keys apart without
-    /// showing them. Replicas that list the same secrets in the same order
-    /// show the same fingerprints, so an operator can check that a
-    /// rotation reached every one. A fingerprint says no more about its
-    /// secret than any token signed with it already does.
+    /// 64 bits of an HMAC under the key of a fixed message, for telling
+    /// keys apart without showing them. Replicas that list the same secrets
+    /// in the same order show the same fingerprints, so an operator can
+    /// check that a rotation reached every one. A fingerprint cannot be
+    /// turned back into its secret, nor used to sign anything; but, like a
+    /// token, it lets whoever sees it test guesses of the secret, and as
+    /// its message is the same everywhere, one list of guesses serves for
+    /// every fingerprint. Secrets of 32 random bytes are out of reach of
+    /// guessing; a secret a person chose may not be.
     ///
     /// ```
     /// use sticky_core::token::KeyRing;

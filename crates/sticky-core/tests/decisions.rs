@@ -531,16 +531,17 @@ fn keys_replaced_in_a_live_pool_rotate_and_keep_everything_else() {
     let old = "the old secret, still listed....";
     let new = "the new secret, signs from today";
     let tokens = TokenCodec::new(KeyRing::new([old]).unwrap(), TokenConfig::new("sticky"));
-    let pool = Pool::new(PoolConfig::new(tokens), membership(&[1, 1, 1, 1])).unwrap();
-    let sessions: Vec<(String, String)> = (0..40).map(|_| session(&pool)).collect();
-    // The state an operator and passive health left, which a rotation
-    // must not undo: b1 drained, b2 resting, b3 weighted up.
+    let pool = Pool::new(PoolConfig::new(tokens), membership(&[1, 1, 1, 1, 1])).unwrap();
+    let sessions: Vec<(String, String)> = (0..50).map(|_| session(&pool)).collect();
+    // The state an operator and health left, which a rotation must not
+    // undo: b1 drained, b2 resting, b3 weighted up, b4 failing its checks.
     pool.set_state("b1", BackendState::Draining).unwrap();
     pool.set_weight("b3", 5).unwrap();
     let before = pool.load();
     let b2 = before.member_by_name("b2").unwrap().stats();
     b2.record_refused(&pool.config().health, NOW);
     let _in_flight = before.start_request(before.index_of("b2").unwrap());
+    before.member_by_name("b4").unwrap().stats().fail_checks();
     let generation = before.generation();
 
     pool.set_keys(KeyRing::new([new, old]).unwrap()).unwrap();
@@ -552,21 +553,22 @@ fn keys_replaced_in_a_live_pool_rotate_and_keep_everything_else() {
         before.member_by_name("b2").unwrap().stats()
     ));
     assert!(after.member_by_name("b2").unwrap().stats().is_down(NOW));
+    assert!(after.member_by_name("b4").unwrap().stats().failing_checks());
     assert_eq!(after.total_in_flight(), 1);
     let fingerprints =
         |pool: &Pool| -> Vec<u64> { pool.config().tokens.keys().fingerprints().collect() };
     let rotated = fingerprints(&pool);
     assert_eq!(rotated.len(), 2);
 
-    // Every session keeps its backend, re-signed under the new key; the
-    // one on the resting backend moves.
+    // Every session keeps its backend, re-signed under the new key; those
+    // on the resting backend and the one failing its checks move.
     let mut renewed = Vec::new();
     for (token, home) in &sessions {
         let d = back(&pool, token);
         let d_home = name(&pool, d.backend);
-        if home == "b2" {
+        if home == "b2" || home == "b4" {
             assert_eq!(d.outcome, Outcome::Failover(Reason::Unhealthy));
-            assert_ne!(d_home, "b2");
+            assert_ne!(&d_home, home);
         } else {
             assert_eq!(
                 (d.outcome, d_home.as_str()),
