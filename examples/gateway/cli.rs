@@ -87,8 +87,9 @@ pub struct Args {
     #[arg(long, value_name = "DOMAIN", value_parser = cookie_domain)]
     pub cookie_domain: Option<String>,
 
-    /// The cookie's Path: browsers send it only with requests under PATH,
-    /// and requests elsewhere start a new session each time.
+    /// The cookie's Path: browsers send it only with requests under PATH.
+    /// Requests elsewhere are placed as new sessions, each time, and their
+    /// answers set no cookie, which would replace the session's.
     #[arg(long, value_name = "PATH", default_value = "/", value_parser = cookie_path)]
     pub cookie_path: String,
 

@@ -53,6 +53,9 @@ struct Ctx<S> {
     config: Arc<Config>,
     cookies: Arc<Cookies>,
     issue_tokens: bool,
+    /// Whether the request is under the cookie's `Path`, so that a cookie
+    /// set in its response would come back.
+    cookie_in_path: bool,
     now: Duration,
     in_flight: Option<InFlight>,
     retried: bool,
@@ -73,6 +76,7 @@ where
         issue_tokens: bool,
         now: Duration,
     ) -> Self {
+        let cookie_in_path = config.cookie.covers(request.uri().path());
         let state = match (decision.backend, decision.outcome) {
             (Some(b), _) => State::Ready {
                 service: table.services[b].clone(),
@@ -95,6 +99,7 @@ where
                 config,
                 cookies,
                 issue_tokens,
+                cookie_in_path,
                 now,
                 in_flight,
                 retried: false,
@@ -274,7 +279,7 @@ impl<S> Ctx<S> {
                 headers.insert(name.clone(), value);
             }
         }
-        if !self.issue_tokens || !config.send_cookie {
+        if !self.issue_tokens || !config.send_cookie || !self.cookie_in_path {
             return;
         }
         let cookies = &*self.cookies;

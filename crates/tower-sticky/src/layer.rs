@@ -14,7 +14,11 @@ use crate::service::Sticky;
 /// Attributes of the load-balancer cookie.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CookieAttributes {
-    /// `Path` (default `/`).
+    /// `Path` (default `/`). A response to a request outside it sets no
+    /// cookie: the browser would not send such a cookie back with the
+    /// requests it came from, and it would replace the session's cookie
+    /// under the path. Those requests are placed by their other keys, or
+    /// as new sessions.
     pub path: String,
     /// `Domain` (default none: host-only).
     pub domain: Option<String>,
@@ -47,6 +51,17 @@ impl Default for CookieAttributes {
 }
 
 impl CookieAttributes {
+    /// Whether a browser sends a cookie with this `Path` along with a
+    /// request for `request_path` (RFC 6265, 5.1.4): the same path, or one
+    /// below it.
+    pub(crate) fn covers(&self, request_path: &str) -> bool {
+        let path = self.path.as_str();
+        match request_path.strip_prefix(path) {
+            None => false,
+            Some(rest) => rest.is_empty() || path.ends_with('/') || rest.starts_with('/'),
+        }
+    }
+
     /// The attributes as `Set-Cookie` writes them after `name=value`
     /// (`; Path=/; HttpOnly; SameSite=Lax`), rendered by the cookie crate;
     /// a CORS `twin` is `Secure` and `SameSite=None`. `Max-Age` varies per

@@ -106,7 +106,15 @@ fn send(service: &Sticky<Svc>, request: Request<String>) -> impl Future<Output =
 }
 
 fn get(service: &Sticky<Svc>, cookie: Option<&str>) -> impl Future<Output = Response<String>> {
-    let mut builder = Request::get("/");
+    get_at(service, "/", cookie)
+}
+
+fn get_at(
+    service: &Sticky<Svc>,
+    path: &str,
+    cookie: Option<&str>,
+) -> impl Future<Output = Response<String>> {
+    let mut builder = Request::get(path);
     if let Some(c) = cookie {
         builder = builder.header(COOKIE, c);
     }
@@ -168,7 +176,7 @@ async fn cookie_attributes_default_to_safe_values_and_are_configurable() {
         ..CookieAttributes::default()
     });
     let service = layer_service(layer, backends);
-    let r = get(&service, None).await;
+    let r = get_at(&service, "/app", None).await;
     let all: Vec<String> = r
         .headers()
         .get_all(SET_COOKIE)
@@ -198,7 +206,10 @@ async fn cookie_attributes_default_to_safe_values_and_are_configurable() {
     let home = r.into_body();
     let twin = all[1].split(';').next().unwrap().to_owned();
     for _ in 0..5 {
-        assert_eq!(get(&service, Some(&twin)).await.into_body(), home);
+        assert_eq!(
+            get_at(&service, "/app/x", Some(&twin)).await.into_body(),
+            home
+        );
     }
 
     // Browsers drop a `SameSite=None` cookie that is not `Secure`.
@@ -212,6 +223,46 @@ async fn cookie_attributes_default_to_safe_values_and_are_configurable() {
         set.contains("SameSite=None") && set.contains("Secure"),
         "{set}"
     );
+}
+
+/// A cookie with a `Path` is set only in answers to requests under it: one
+/// set elsewhere would never come back, and would replace the session's.
+#[tokio::test]
+async fn a_cookie_path_keeps_requests_elsewhere_from_replacing_the_session() {
+    let layer = StickyLayer::new().cookie_attributes(CookieAttributes {
+        path: "/shop".into(),
+        ..CookieAttributes::default()
+    });
+    let service = layer_service(layer, three());
+    let first = get_at(&service, "/shop", None).await;
+    let cookie = sticky_cookie(&first).expect("a session under /shop");
+    let home = first.into_body();
+    for path in ["/", "/other", "/shopping", "/sho"] {
+        let r = get_at(&service, path, None).await;
+        assert_eq!(
+            r.extensions().get::<Outcome>(),
+            Some(&Outcome::New),
+            "{path}"
+        );
+        assert_eq!(sticky_cookie(&r), None, "{path}: no cookie outside /shop");
+    }
+    for path in ["/shop", "/shop/", "/shop/cart?item=7"] {
+        let r = get_at(&service, path, Some(&cookie)).await;
+        assert_eq!(
+            r.extensions().get::<Outcome>(),
+            Some(&Outcome::Hit),
+            "{path}"
+        );
+        assert_eq!(r.into_body(), home, "{path}");
+    }
+    // A path that ends with / covers only what is below it.
+    let layer = StickyLayer::new().cookie_attributes(CookieAttributes {
+        path: "/app/".into(),
+        ..CookieAttributes::default()
+    });
+    let service = layer_service(layer, three());
+    assert!(sticky_cookie(&get_at(&service, "/app/x", None).await).is_some());
+    assert!(sticky_cookie(&get_at(&service, "/app", None).await).is_none());
 }
 
 /// An application that expires the LB cookie has the last word, even in a
