@@ -98,8 +98,10 @@
 //! backend's state and 0 for the others), whether it fails its health
 //! checks (`sticky_backend_failing_checks`), its response times
 //! (`sticky_backend_response_seconds`, a histogram of the time from a
-//! request handed over to the backend's response head, from 0.5 ms to
-//! 10 s), and `sticky_backend_info` with its URL and group. Each is labelled `backend="NAME"`. A backend removed
+//! request handed over, body and all, to the backend's response head,
+//! in buckets from 0.5 ms to 10 s; a request with no response head, a
+//! 502 or 504, counts in `..._failures_total` instead, and a WebSocket
+//! upgrade in neither), and `sticky_backend_info` with its URL and group. Each is labelled `backend="NAME"`. A backend removed
 //! and added again starts its counters from 0, which Prometheus's `rate`
 //! and `increase` read as a reset. `sticky_gateway_error_answers_total`,
 //! labelled `status="502"`, `"503"` or `"504"`, counts the answers the
@@ -748,8 +750,9 @@ fn render_metrics(backends: &[BackendJson], fingerprints: &[String], keys_read: 
         );
     }
     out.push_str(
-        "# HELP sticky_backend_response_seconds Time from a request handed to the backend \
-         (its body included) to the backend's response head.\n",
+        "# HELP sticky_backend_response_seconds Time from the moment a request, its body \
+         included, is handed to the backend to its response head; requests with no response \
+         head (502, 504) and WebSocket upgrades are not counted.\n",
     );
     out.push_str("# TYPE sticky_backend_response_seconds histogram\n");
     for b in backends {

@@ -1,6 +1,8 @@
 //! A backend's response times, as a Prometheus histogram
 //! (`sticky_backend_response_seconds`): from the moment the whole request
-//! is handed to the backend to its response head.
+//! is handed to the backend to its response head. Requests with no
+//! response head (a 502 or 504 the gateway answers for the backend) and
+//! WebSocket upgrades are not counted.
 //!
 //! Each worker thread counts into its own shard, on cache lines of its
 //! own, so recording costs a request a few uncontended atomic additions;
@@ -33,12 +35,15 @@ const BOUNDS_NANOS: [u64; 14] = [
     10_000_000_000,
 ];
 
-/// One thread's counts: per bucket (not cumulative), and the sum.
+/// One thread's counts: per bucket (not cumulative), and the sum in
+/// microseconds, which would take half a million years of waiting to
+/// wrap (in nanoseconds it would be months, for a backend holding
+/// thousands of long polls).
 #[derive(Default)]
 #[repr(align(128))]
 struct Shard {
     buckets: [AtomicU64; BOUNDS.len() + 1],
-    nanos: AtomicU64,
+    micros: AtomicU64,
 }
 
 /// Response times, one shard per thread that records.
@@ -80,20 +85,23 @@ impl ResponseTimes {
         let bucket = BOUNDS_NANOS.partition_point(|&bound| bound < nanos);
         let shard = &self.shards[shard % self.shards.len()];
         shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        shard.nanos.fetch_add(nanos, Ordering::Relaxed);
+        // Rounded, so that the sum is not biased low.
+        shard
+            .micros
+            .fetch_add(nanos.saturating_add(500) / 1000, Ordering::Relaxed);
     }
 
     /// The counts so far, all shards added up.
     pub fn read(&self) -> Histogram {
         let mut histogram = Histogram::default();
-        let mut nanos = 0u64;
+        let mut micros = 0u128;
         for shard in self.shards.iter() {
             for (sum, count) in histogram.buckets.iter_mut().zip(&shard.buckets) {
                 *sum += count.load(Ordering::Relaxed);
             }
-            nanos = nanos.wrapping_add(shard.nanos.load(Ordering::Relaxed));
+            micros += u128::from(shard.micros.load(Ordering::Relaxed));
         }
-        histogram.sum = nanos as f64 / 1e9;
+        histogram.sum = micros as f64 / 1e6;
         histogram
     }
 }
@@ -106,6 +114,18 @@ mod tests {
     fn bounds_in_nanoseconds_are_the_bounds_in_seconds() {
         for (seconds, nanos) in BOUNDS.iter().zip(BOUNDS_NANOS) {
             assert_eq!((seconds * 1e9).round() as u64, nanos);
+        }
+    }
+
+    #[test]
+    fn each_bound_holds_its_time_and_not_a_nanosecond_more() {
+        for (i, &bound) in BOUNDS_NANOS.iter().enumerate() {
+            let times = ResponseTimes::new(1);
+            times.record(0, Duration::from_nanos(bound));
+            times.record(0, Duration::from_nanos(bound + 1));
+            let buckets = times.read().buckets;
+            assert_eq!((buckets[i], buckets[i + 1]), (1, 1), "bound {}", BOUNDS[i]);
+            assert_eq!(buckets.iter().sum::<u64>(), 2);
         }
     }
 
@@ -131,6 +151,6 @@ mod tests {
         for time in [ms(1), ms(1) + Duration::from_nanos(1), ms(60_000)] {
             without_max.record(0, time);
         }
-        assert!((without_max.read().sum - 60.002).abs() < 1e-6);
+        assert!((without_max.read().sum - 60.002).abs() < 1e-9);
     }
 }
