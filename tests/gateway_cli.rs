@@ -25,7 +25,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         std::env::temp_dir().join(format!("gateway-cli-short-secret-{}", std::process::id()));
     std::fs::write(&secret, "short\n").unwrap();
     let secret = secret.to_string_lossy().into_owned();
-    let cases: [(&[&str], &str); 32] = [
+    let cases: [(&[&str], &str); 34] = [
         (&["--no-such-flag"], "--no-such-flag"),
         (&["--listen", "nowhere"], "--listen"),
         (&["--backend", "b1"], "--backend"),
@@ -79,6 +79,8 @@ fn bad_flags_exit_2_naming_the_flag() {
         (&["--cookie-domain", "exa mple.com"], "--cookie-domain"),
         (&["--cookie-domain", "example..com"], "--cookie-domain"),
         (&["--cookie-domain", ""], "--cookie-domain"),
+        (&["--cookie-domain=-example.com"], "--cookie-domain"),
+        (&["--cookie-domain", "example-.com"], "--cookie-domain"),
         (&["--cookie-path", "app"], "--cookie-path"),
         (&["--cookie-path", "/app;Secure"], "--cookie-path"),
         (&["--health-check", "healthz"], "--health-check"),

@@ -431,9 +431,10 @@ async fn replicas_with_one_secret_agree() {
 async fn the_cookies_attributes_follow_the_flags() {
     let servers = backends(&["b1"]).await;
     let all: Vec<&Backend> = servers.iter().collect();
-    // The attributes of the sticky Set-Cookie a new session gets, sorted.
+    // The attributes of the sticky Set-Cookie a new session at /shop/cart
+    // gets, sorted.
     let attributes = |gateway: Gateway| async move {
-        let reply = gateway.browser().get("/").await;
+        let reply = gateway.browser().get("/shop/cart").await;
         let cookie = reply
             .set_cookies
             .iter()
@@ -474,6 +475,11 @@ async fn the_cookies_attributes_follow_the_flags() {
         let gateway = Gateway::start(&all, flags).await;
         assert_eq!(attributes(gateway).await, wanted, "{flags:?}");
     }
+    // Outside the cookie's path, no cookie: one under /shop would replace
+    // the session's.
+    let gateway = Gateway::start(&all, &["--cookie-path", "/shop"]).await;
+    let reply = gateway.browser().get("/other").await;
+    assert_eq!(reply.sticky_cookie(), None, "{reply:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,10 +552,83 @@ async fn the_access_log_has_a_line_per_request() {
         "{line}"
     );
 
-    // Off by default.
+    // A client that breaks its upload off: its own failure, not the
+    // backend's.
+    let mut raw = TcpStream::connect(failing.addr).await.unwrap();
+    let upload = b"POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nZZ\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut raw, upload)
+        .await
+        .unwrap();
+    let head = read_head(&mut raw).await.expect("an answer");
+    assert!(
+        head.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    wait_until("the upload's line", || async {
+        access_lines(&failing).len() == 2
+    })
+    .await;
+    let line = &access_lines(&failing)[1];
+    let wanted = "method=POST uri=/up status=400 backend=mute outcome=client-failed";
+    assert!(line.contains(wanted), "{line}");
+
+    // An HTTP/2 request's URI as an HTTP/1.1 one's: its path and query.
+    let (mut sender, _) = http2_connection(gateway.addr).await;
+    let request = Request::get(format!("http://{}/h2?x=1", gateway.addr))
+        .body(Full::default())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    wait_until("the HTTP/2 line", || async {
+        access_lines(&gateway).len() == 5
+    })
+    .await;
+    let line = &access_lines(&gateway)[4];
+    assert!(
+        line.contains("method=GET uri=/h2?x=1 status=200 backend="),
+        "{line}"
+    );
+
+    // A client that leaves before the answer: its request still has a
+    // line, as nginx's 499.
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let held = raw_backend("held", move |stream| {
+        let _ = arrived.send(());
+        async move {
+            tokio::time::sleep(DEADLINE).await;
+            drop(stream);
+        }
+    })
+    .await;
+    let holding = Gateway::start(&[&held], &["--access-log"]).await;
+    let mut raw = TcpStream::connect(holding.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"GET /wait HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    arrivals
+        .recv()
+        .await
+        .expect("the request reached the backend");
+    drop(raw);
+    wait_until("the aborted line", || async {
+        access_lines(&holding).len() == 1
+    })
+    .await;
+    let line = &access_lines(&holding)[0];
+    let wanted = "method=GET uri=/wait status=499 backend=- outcome=aborted reason=- source=- ms=";
+    assert!(line.contains(wanted), "{line}");
+
+    // Off by default: nothing, though an admin change's line shows the
+    // log has been read past the requests.
     let mut browser = quiet.browser();
     browser.get("/").await;
     browser.get("/").await;
+    quiet.post("/backends/b1/drain").await;
+    wait_until("the drain's line", || async {
+        quiet.log().contains("drained")
+    })
+    .await;
     assert!(access_lines(&quiet).is_empty(), "{}", quiet.log());
 }
 

@@ -1,5 +1,5 @@
 //! The gateway modules' own tests (admin API, client connections,
-//! proxying, timeouts, keys),
+//! proxying, timeouts, keys, the access log),
 //! run here because examples are not test targets: `test = true` would
 //! make `cargo test` build the gateway only as a test harness, not the
 //! binary the other gateway tests run.
@@ -7,6 +7,8 @@
 // used by the tests.
 #![allow(dead_code)]
 
+#[path = "../examples/gateway/access.rs"]
+mod access;
 #[path = "../examples/gateway/admin.rs"]
 mod admin;
 #[path = "../examples/gateway/client.rs"]

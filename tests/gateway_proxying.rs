@@ -157,9 +157,8 @@ async fn forwarding_headers_host_and_hop_by_hop_headers() {
     }
 }
 
-/// Behind a load balancer that ends TLS, the backend must hear that the
-/// client used HTTPS, from that proxy only: a client's own claim is
-/// replaced.
+/// The load-balancer cookie is passed on with the application's, unless
+/// `--strip-cookie` keeps it from the backends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lb_cookie_reaches_backends_unless_stripped() {
     let backend = echo_backend("b1").await;
@@ -198,6 +197,9 @@ async fn the_lb_cookie_reaches_backends_unless_stripped() {
     assert_eq!(seen, ["app=1; theme=dark"]);
 }
 
+/// Behind a load balancer that ends TLS, the backend must hear that the
+/// client used HTTPS, from that proxy only: a client's own claim is
+/// replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_proxys_forwarded_proto_and_host_are_kept() {
     let backend = echo_backend("echo").await;

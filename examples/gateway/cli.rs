@@ -75,15 +75,20 @@ pub struct Args {
     pub cookie_secure: bool,
 
     /// The cookie's SameSite: `lax` (sent on requests from this site and
-    /// on links followed from others), `strict` (from this site only) or
-    /// `none` (on every request, cross-site ones too; needs HTTPS, and
-    /// makes the cookie Secure).
+    /// on links followed from others), `strict` (from this site only: a
+    /// visitor who arrives by a link from another site comes without it,
+    /// and that request starts a new session, replacing theirs) or `none`
+    /// (on every request, cross-site ones too; it makes the cookie Secure,
+    /// which browsers keep only over HTTPS).
     #[arg(long, value_enum, value_name = "POLICY", default_value_t = SameSitePolicy::Lax)]
     pub cookie_same_site: SameSitePolicy,
 
     /// The cookie's Domain, to share a session between subdomains
     /// (`example.com` also covers `www.example.com` and
-    /// `shop.example.com`). Default: the host the client asked for, alone.
+    /// `shop.example.com`). Browsers drop the cookie when the host they
+    /// asked for is neither DOMAIN nor under it, or when DOMAIN is a
+    /// public suffix (`com`, `co.uk`): then every request starts a new
+    /// session. Default: the host the client asked for, alone.
     #[arg(long, value_name = "DOMAIN", value_parser = cookie_domain)]
     pub cookie_domain: Option<String>,
 
@@ -202,11 +207,13 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000), requires = "health_check")]
     pub health_fall: u32,
 
-    /// Logs one line per request as its response head goes out, at info
-    /// level under the target `access`: the client's address, method, URI,
-    /// status, the backend, how the request was placed and why, where its
-    /// key came from, and the milliseconds to the response head.
-    /// `RUST_LOG=warn,access=info` keeps these lines and drops the rest.
+    /// Logs one line per request as its response head goes out (or as it
+    /// ends without one: status 499, `outcome=aborted`), at info level
+    /// under the target `access`: the address the connection came from,
+    /// method, path and query, status, the backend, how the request was
+    /// placed and why, where its key came from, and the milliseconds to
+    /// the response head. `RUST_LOG=warn,access=info` keeps these lines
+    /// and drops the rest.
     #[arg(long)]
     pub access_log: bool,
 
@@ -295,18 +302,23 @@ fn cookie_name(s: &str) -> Result<String, String> {
     }
 }
 
-/// A cookie's Domain: a host name (letters, digits, `-`), labels
-/// separated by single dots; a leading dot, which browsers ignore, is
-/// allowed.
+/// A cookie's Domain: a host name, labels of letters, digits and inner
+/// `-`, up to 63 characters each, separated by single dots; a leading
+/// dot, which browsers ignore, is allowed.
 fn cookie_domain(s: &str) -> Result<String, String> {
     let name = s.strip_prefix('.').unwrap_or(s);
-    let label =
-        |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if name.split('.').all(label) {
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.len() <= 253 && name.split('.').all(label) {
         Ok(s.to_owned())
     } else {
         Err(format!(
-            "{s:?} is not a domain (letters, digits and -, labels separated by single dots)"
+            "{s:?} is not a domain (labels of letters, digits and inner -, up to 63 \
+             characters, separated by single dots)"
         ))
     }
 }

@@ -66,6 +66,12 @@ fn main() {
         )
         .init();
     let args = Args::parse();
+    if args.access_log && !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        eprintln!(
+            "warning: --access-log given, but RUST_LOG leaves out the target `access` at \
+             level info: no access lines will show (add `access=info`)"
+        );
+    }
     let workers = args.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |n| n.get(),
@@ -409,7 +415,12 @@ async fn serve(
                         Err(error) => {
                             let response = error_response(&error).map(ResponseBody::new);
                             if let Some(access) = access {
-                                access.log(&response, access::Fate::Failed(&error));
+                                let fate = if client_body_failed(&error) {
+                                    access::Fate::ClientFailed(&error)
+                                } else {
+                                    access::Fate::Failed(&error)
+                                };
+                                access.log(&response, fate);
                             }
                             response
                         }
