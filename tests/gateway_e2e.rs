@@ -482,36 +482,48 @@ async fn the_cookies_attributes_follow_the_flags() {
     assert_eq!(reply.sticky_cookie(), None, "{reply:?}");
 }
 
+/// The access lines in `gateway`'s log so far.
+fn access_lines(gateway: &Gateway) -> Vec<String> {
+    gateway
+        .log()
+        .lines()
+        .filter(|l| l.contains(" access: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `n`th access line in `gateway`'s log (from 1), once there are `n`:
+/// `what` the line is, for the message if it never comes.
+async fn access_line(gateway: &Gateway, n: usize, what: &str) -> String {
+    wait_until(what, || async { access_lines(gateway).len() == n }).await;
+    access_lines(gateway)[n - 1].clone()
+}
+
+/// The head of the answer to `request`, sent as it is on a connection of
+/// its own to `addr`.
+async fn raw_answer(addr: SocketAddr, request: &[u8]) -> String {
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, request)
+        .await
+        .unwrap();
+    let head = read_head(&mut raw).await.expect("an answer");
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_a_line_per_request() {
     let mut servers = backends(&["b1", "b2"]).await;
     let all: Vec<&Backend> = servers.iter().collect();
     let gateway = Gateway::start(&all, &["--access-log"]).await;
     let quiet = Gateway::start(&all, &[]).await;
-    let access_lines = |gateway: &Gateway| -> Vec<String> {
-        gateway
-            .log()
-            .lines()
-            .filter(|l| l.contains(" access: "))
-            .map(str::to_owned)
-            .collect()
-    };
 
     let mut browser = gateway.browser();
     let first = browser.get("/cart?item=7").await;
     let (home, _) = first.visit();
     browser.get("/cart").await;
     // An HTTP/1.1 request with no Host: answered by the gateway itself.
-    let mut raw = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut raw, b"GET /nohost HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
-    let head = read_head(&mut raw).await.expect("an answer");
-    assert!(
-        head.starts_with(b"HTTP/1.1 400"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let head = raw_answer(gateway.addr, b"GET /nohost HTTP/1.1\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     // The session's backend goes away: the session moves.
     let gone = servers.iter_mut().find(|s| s.name == home).unwrap();
     gone.stop().await;
@@ -540,11 +552,7 @@ async fn the_access_log_has_a_line_per_request() {
     let failing = Gateway::start(&[&mute], &["--access-log"]).await;
     let reply = failing.browser().get("/x").await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
-    wait_until("the failure's line", || async {
-        access_lines(&failing).len() == 1
-    })
-    .await;
-    let line = &access_lines(&failing)[0];
+    let line = &access_line(&failing, 1, "the failure's line").await;
     assert!(
         line.contains(
             "method=GET uri=/x status=502 backend=mute outcome=failed reason=- source=- ms="
@@ -554,22 +562,10 @@ async fn the_access_log_has_a_line_per_request() {
 
     // A client that breaks its upload off: its own failure, not the
     // backend's.
-    let mut raw = TcpStream::connect(failing.addr).await.unwrap();
     let upload = b"POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nZZ\r\n";
-    tokio::io::AsyncWriteExt::write_all(&mut raw, upload)
-        .await
-        .unwrap();
-    let head = read_head(&mut raw).await.expect("an answer");
-    assert!(
-        head.starts_with(b"HTTP/1.1 400"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    wait_until("the upload's line", || async {
-        access_lines(&failing).len() == 2
-    })
-    .await;
-    let line = &access_lines(&failing)[1];
+    let head = raw_answer(failing.addr, upload).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let line = &access_line(&failing, 2, "the upload's line").await;
     let wanted = "method=POST uri=/up status=400 backend=mute outcome=client-failed";
     assert!(line.contains(wanted), "{line}");
 
@@ -580,11 +576,7 @@ async fn the_access_log_has_a_line_per_request() {
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    wait_until("the HTTP/2 line", || async {
-        access_lines(&gateway).len() == 5
-    })
-    .await;
-    let line = &access_lines(&gateway)[4];
+    let line = &access_line(&gateway, 5, "the HTTP/2 line").await;
     assert!(
         line.contains("method=GET uri=/h2?x=1 status=200 backend="),
         "{line}"
@@ -611,11 +603,7 @@ async fn the_access_log_has_a_line_per_request() {
         .await
         .expect("the request reached the backend");
     drop(raw);
-    wait_until("the aborted line", || async {
-        access_lines(&holding).len() == 1
-    })
-    .await;
-    let line = &access_lines(&holding)[0];
+    let line = &access_line(&holding, 1, "the aborted line").await;
     let wanted = "method=GET uri=/wait status=499 backend=- outcome=aborted reason=- source=- ms=";
     assert!(line.contains(wanted), "{line}");
 

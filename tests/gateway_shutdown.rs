@@ -21,13 +21,18 @@ use support::{announced, gateway_binary as gateway, http2_connection, wait_until
 /// Starts the gateway with `args` besides its addresses (both on free
 /// ports); returns it, its address and its admin address.
 async fn spawn_gateway(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+    spawn_logging(args, "warn", Stdio::null()).await
+}
+
+/// Like `spawn_gateway`, logging at `level` to `log`.
+async fn spawn_logging(args: &[&str], level: &str, log: Stdio) -> (Child, SocketAddr, SocketAddr) {
     let mut child = tokio::process::Command::new(gateway())
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(args)
         .env("STICKY_SECRET", "shutdown test secret, 32 bytes..")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -158,17 +163,7 @@ async fn sigterm_finishes_requests_under_way() {
 async fn a_log_gone_away_does_not_turn_shutdown_into_a_crash() {
     // Its standard error a pipe whose reader has gone, as a terminal
     // closed under it or a log collector stopped: every write fails.
-    let mut child = tokio::process::Command::new(gateway())
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .env("STICKY_SECRET", "shutdown test secret, 32 bytes..")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (listen, _admin) = announced(&mut child)
-        .await
-        .expect("the gateway exited before it listened");
+    let (mut child, listen, _admin) = spawn_logging(&[], "info", Stdio::piped()).await;
     drop(child.stderr.take());
     answered(listen, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", b"\n").await;
     terminate_and_wait_for_the_listener(&child, listen).await;
