@@ -31,7 +31,7 @@ use tower::util::MapResponse;
 use tower::Layer;
 use tower_sticky::sticky_core::token::{KeyRing, TokenCodec, TokenConfig};
 use tower_sticky::sticky_core::{BackendSpec, BackendState, PoolConfig};
-use tower_sticky::{Affinity, Backends, Placement, Sticky, StickyLayer};
+use tower_sticky::{Affinity, Backends, CookieAttributes, Placement, Sticky, StickyLayer};
 
 const NAMES: [&str; 3] = ["b1", "b2", "b3"];
 const SESSION_COOKIE: &str = "sid";
@@ -122,11 +122,24 @@ async fn start() -> (SocketAddr, Backends<Router>) {
             .errors_as_responses(),
         outcome_header,
     );
+    // The same backends under a cookie of their own by its Path, as README
+    // suggests for a second mount.
+    let wishlists = MapResponse::new(
+        StickyLayer::new()
+            .cookie_attributes(CookieAttributes {
+                path: "/wishlist".into(),
+                ..CookieAttributes::default()
+            })
+            .layer(backends.clone())
+            .errors_as_responses(),
+        outcome_header,
+    );
     let app = Router::new()
         .route("/", get(|| async { "home" }))
         .route("/health", get(|| async { "ok" }))
         .nest_service("/cart", carts)
-        .nest_service("/by-ip", by_ip);
+        .nest_service("/by-ip", by_ip)
+        .nest_service("/wishlist", wishlists);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -281,6 +294,22 @@ async fn only_the_first_response_sets_the_sticky_cookie() {
         assert_eq!(later.status, StatusCode::OK);
         assert_eq!(later.outcome.as_deref(), Some("hit"));
         assert!(later.set_cookies.is_empty(), "{later:?}");
+    }
+}
+
+/// A mount told apart by its cookie's Path gets its cookie, though the
+/// nested service sees its paths without the prefix.
+#[tokio::test]
+async fn a_nested_mount_with_a_path_of_its_own_sets_its_cookie() {
+    let (addr, _backends) = start().await;
+    let mut browser = Browser::new(&http_client(), addr);
+    let first = browser.get("/wishlist/items").await;
+    assert_eq!(first.outcome.as_deref(), Some("new"));
+    let cookie = first.sticky_cookie().expect("a sticky Set-Cookie");
+    assert!(cookie.contains("Path=/wishlist"), "{cookie}");
+    for _ in 0..3 {
+        let later = browser.get("/wishlist/items").await;
+        assert_eq!(later.outcome.as_deref(), Some("hit"), "{later:?}");
     }
 }
 

@@ -76,7 +76,7 @@ where
         issue_tokens: bool,
         now: Duration,
     ) -> Self {
-        let cookie_in_path = config.cookie.covers(request.uri().path());
+        let cookie_in_path = config.cookie.covers(client_path(&request));
         let state = match (decision.backend, decision.outcome) {
             (Some(b), _) => State::Ready {
                 service: table.services[b].clone(),
@@ -308,6 +308,17 @@ impl<S> Ctx<S> {
             make_private(headers);
         }
     }
+}
+
+/// The path the client asked for, which the cookie's `Path` is about.
+/// Under axum's `nest_service`, which hands the nested service the path
+/// less its prefix, that is the `OriginalUri` (with the `axum` feature).
+fn client_path<B>(request: &Request<B>) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(original) = request.extensions().get::<axum::extract::OriginalUri>() {
+        return original.0.path();
+    }
+    request.uri().path()
 }
 
 /// Whether `headers` set a cookie under any of `names`.

@@ -18,7 +18,11 @@ pub struct CookieAttributes {
     /// cookie: the browser would not send such a cookie back with the
     /// requests it came from, and it would replace the session's cookie
     /// under the path. Those requests are placed by their other keys, or
-    /// as new sessions.
+    /// as new sessions. The request's path is the one the client asked
+    /// for: under axum's `nest_service`, which strips its prefix, the
+    /// layer reads axum's `OriginalUri` with the `axum` feature; without
+    /// it, a `Path` other than `/` suits only a service that sees whole
+    /// paths.
     pub path: String,
     /// `Domain` (default none: host-only).
     pub domain: Option<String>,
