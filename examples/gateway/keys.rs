@@ -38,6 +38,15 @@ impl Source {
             Source::Random => "random",
         }
     }
+
+    /// The source in words, for messages.
+    fn described(&self) -> &'static str {
+        match self {
+            Source::File(_) => "--secret-file",
+            Source::Environment => "STICKY_SECRET",
+            Source::Random => "a random key made at start",
+        }
+    }
 }
 
 /// The secrets in a key file's text: one per line, newest (signing)
@@ -114,17 +123,6 @@ pub struct Reloaded {
     pub signing_key_new: bool,
     /// The fingerprints of the ring in use after this reading.
     pub fingerprints: Vec<String>,
-}
-
-impl Source {
-    /// The source in words, for messages.
-    fn described(&self) -> &'static str {
-        match self {
-            Source::File(_) => "--secret-file",
-            Source::Environment => "STICKY_SECRET",
-            Source::Random => "a random key made at start",
-        }
-    }
 }
 
 impl Keys {
