@@ -873,6 +873,10 @@ async fn metrics_count_each_backends_sessions_and_requests_for_prometheus() {
             format!("sticky_backend_response_seconds_bucket{{backend=\"{name}\",le=\"+Inf\"}}");
         assert_eq!(sample(infinite), 3 * homed, "{text}");
     }
+    assert_eq!(
+        sample("sticky_gateway_access_lines_dropped_total".into()),
+        0
+    );
     let state = |name: &str, state: &str| {
         sample(format!(
             "sticky_backend_state{{backend=\"{name}\",state=\"{state}\"}}"

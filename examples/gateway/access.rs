@@ -28,14 +28,36 @@
 //!
 //! A request so malformed that hyper answers it before the gateway sees it
 //! (a 400 for a bad request line, a 431 for too large a head) has no line.
+//!
+//! The lines are written by a thread of their own, several in one write
+//! when they come fast, not one `write(2)` per request on the workers. If
+//! that thread falls 128,000 lines behind (the log's reader has stalled),
+//! further lines are dropped rather than hold requests up, and counted
+//! ([`dropped`], `sticky_gateway_access_lines_dropped_total`).
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use http::{Method, Response, Uri};
 use tower_sticky::sticky_core::Outcome;
 use tower_sticky::{Error, Placement};
+
+/// Counts the lines the access log's writer dropped.
+static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Takes the access log writer's count of dropped lines, for [`dropped`].
+pub fn count_dropped(counter: tracing_appender::non_blocking::ErrorCounter) {
+    let _ = DROPPED.set(counter);
+}
+
+/// How many access lines were dropped because their writer fell behind.
+pub fn dropped() -> u64 {
+    DROPPED
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
+}
 
 /// A request being timed for the access log. Dropped before its line is
 /// written, it writes an `aborted` one.

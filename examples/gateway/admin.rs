@@ -803,6 +803,16 @@ fn render_metrics(backends: &[BackendJson], fingerprints: &[String], keys_read: 
         );
     }
     out.push_str(
+        "# HELP sticky_gateway_access_lines_dropped_total Access log lines (--access-log) \
+         dropped because the thread writing them fell 128,000 lines behind.\n",
+    );
+    out.push_str("# TYPE sticky_gateway_access_lines_dropped_total counter\n");
+    let _ = writeln!(
+        out,
+        "sticky_gateway_access_lines_dropped_total {}",
+        crate::access::dropped()
+    );
+    out.push_str(
         "# HELP sticky_gateway_key_info A cookie key in use, by fingerprint; position 0 signs, \
          all verify. Replicas that share sessions show the same.\n",
     );

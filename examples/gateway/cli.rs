@@ -213,7 +213,10 @@ pub struct Args {
     /// method, path and query, status, the backend, how the request was
     /// placed and why, where its key came from, and the milliseconds to
     /// the response head. `RUST_LOG=warn,access=info` keeps these lines
-    /// and drops the rest.
+    /// and drops the rest. A thread of their own writes them; if it falls
+    /// 128,000 lines behind, further lines are dropped rather than hold
+    /// requests up (`sticky_gateway_access_lines_dropped_total` counts
+    /// them).
     #[arg(long)]
     pub access_log: bool,
 

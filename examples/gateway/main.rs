@@ -53,18 +53,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const ACCEPT_PAUSE: Duration = Duration::from_millis(500);
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour for a person at a terminal only: a log piped to a file or
-        // a collector stays plain text. NO_COLOR turns it off as well.
-        .with_ansi(
-            std::io::stderr().is_terminal()
-                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()),
-        )
-        .init();
+    let _access_log = init_logging();
     let args = Args::parse();
     if args.access_log && !tracing::enabled!(target: "access", tracing::Level::INFO) {
         eprintln!(
@@ -89,6 +78,42 @@ fn main() {
     for worker in workers {
         let _ = worker.join();
     }
+}
+
+/// Sets up the log on standard error, filtered by `RUST_LOG` (default
+/// `info`). Access lines (the target `access`) go through a thread of their
+/// own, which writes several at once when they come fast: one `write(2)`
+/// per request on the workers would cost more than the rest of the line.
+/// The returned guard writes what is left when dropped.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::prelude::*;
+    // Colour for a person at a terminal only: a log piped to a file or a
+    // collector stays plain text. NO_COLOR turns it off as well.
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let (access_writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    access::count_dropped(access_writer.error_counter());
+    let is_access = |metadata: &tracing::Metadata<'_>| metadata.target() == "access";
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
+                    !is_access(m)
+                })),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(access_writer)
+                .with_ansi(ansi)
+                .with_filter(tracing_subscriber::filter::filter_fn(is_access)),
+        )
+        .init();
+    guard
 }
 
 /// Serves until SIGINT or SIGTERM and the end of the requests under way;
