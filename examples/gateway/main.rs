@@ -53,8 +53,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const ACCEPT_PAUSE: Duration = Duration::from_millis(500);
 
 fn main() {
-    let _access_log = init_logging();
     let args = Args::parse();
+    let _access_log = init_logging(args.access_log);
     if args.access_log && !tracing::enabled!(target: "access", tracing::Level::INFO) {
         eprintln!(
             "warning: --access-log given, but RUST_LOG leaves out the target `access` at \
@@ -81,19 +81,29 @@ fn main() {
 }
 
 /// Sets up the log on standard error, filtered by `RUST_LOG` (default
-/// `info`). Access lines (the target `access`) go through a thread of their
-/// own, which writes several at once when they come fast: one `write(2)`
-/// per request on the workers would cost more than the rest of the line.
-/// The returned guard writes what is left when dropped.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+/// `info`). With `access_log`, access lines (the target `access`) go
+/// through a thread of their own, which writes several at once when they
+/// come fast: one `write(2)` per request on the workers would cost more
+/// than the rest of the line. The returned guard, then, writes what is
+/// left when dropped.
+fn init_logging(access_log: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::prelude::*;
     // Colour for a person at a terminal only: a log piped to a file or a
     // collector stays plain text. NO_COLOR turns it off as well.
     let ansi = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    let (access_writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    access::count_dropped(access_writer.error_counter());
     let is_access = |metadata: &tracing::Metadata<'_>| metadata.target() == "access";
+    let (access, guard) = if access_log {
+        let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+        access::count_dropped(writer.error_counter());
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .with_filter(tracing_subscriber::filter::filter_fn(is_access));
+        (Some(layer), Some(guard))
+    } else {
+        (None, None)
+    };
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -106,12 +116,7 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
                     !is_access(m)
                 })),
         )
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(access_writer)
-                .with_ansi(ansi)
-                .with_filter(tracing_subscriber::filter::filter_fn(is_access)),
-        )
+        .with(access)
         .init();
     guard
 }
