@@ -101,15 +101,18 @@
 //! request handed over, body and all, to the backend's response head,
 //! in buckets from 0.5 ms to 10 s; a request with no response head, a
 //! 502 or 504, counts in `..._failures_total` instead, and a WebSocket
-//! upgrade in neither), and `sticky_backend_info` with its URL and group. Each is labelled `backend="NAME"`. A backend removed
-//! and added again starts its counters from 0, which Prometheus's `rate`
-//! and `increase` read as a reset. `sticky_gateway_error_answers_total`,
+//! upgrade in neither), and `sticky_backend_info` with its URL and group.
+//! Each is labelled `backend="NAME"`. A backend removed and added again
+//! starts its counters from 0, which Prometheus's `rate` and `increase`
+//! read as a reset. `sticky_gateway_error_answers_total`,
 //! labelled `status="502"`, `"503"` or `"504"`, counts the answers the
 //! gateway made itself because no backend did (a request no backend
 //! could take counts here and nowhere else). `sticky_gateway_key_info`
 //! has one series per cookie key, labelled with its `position` (0 signs)
 //! and `fingerprint`; `sticky_gateway_keys_last_reload_successful` is 0
-//! while the last reading of the key file has failed.
+//! while the last reading of the key file has failed; and
+//! `sticky_gateway_access_lines_dropped_total` counts access log lines
+//! dropped because their writer fell behind.
 //!
 //! Each change answers with the backend as it is after the change (removal
 //! answers `{"removed": "b3"}`) and takes effect for the next request the
