@@ -632,8 +632,9 @@ async fn remove(
 async fn no_route() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see GET /backends, GET /metrics, POST /backends, DELETE /backends/NAME and \
-         POST /backends/NAME/{drain,undrain,disable,enable,weight/N}, POST /groups/GROUP/weight/N",
+        "no such endpoint; see GET /backends, GET /metrics, POST /backends, DELETE /backends/NAME, \
+         POST /backends/NAME/{drain,undrain,disable,enable,weight/N}, POST /groups/GROUP/weight/N, \
+         GET /keys and POST /keys/reload",
     )
 }
 
@@ -1179,7 +1180,12 @@ mod tests {
         }
         let (status, error) = json_call(&admin, Method::GET, "/nowhere", "").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        assert!(error["error"].is_string());
+        // The message lists every endpoint, the newest too.
+        let listed = error["error"].as_str().unwrap();
+        assert!(
+            listed.contains("GET /backends") && listed.contains("POST /keys/reload"),
+            "{listed}"
+        );
         let (status, error) = json_call(&admin, Method::GET, "/backends/b1/drain", "").await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert!(error["error"].is_string());
