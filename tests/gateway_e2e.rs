@@ -680,6 +680,18 @@ async fn keys_rotate_in_a_running_gateway_and_keep_its_state() {
         assert_eq!(reply.visit(), (home.clone(), 3));
         assert!(reply.sticky_cookie().is_some(), "re-signed: {reply:?}");
     }
+    // Each of those cookies was under the older key, which /metrics counts
+    // so that an operator knows when it is no longer needed.
+    let older_key_cookies = || async {
+        let (_, _, text) = gateway.admin_text(Method::GET, "/metrics", "").await;
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sticky_gateway_older_key_cookies_total "))
+            .unwrap_or_else(|| panic!("no older-key count in {text}"))
+            .to_owned();
+        line.parse::<usize>().unwrap()
+    };
+    assert_eq!(older_key_cookies().await, sessions.len());
 
     // Step three, through the admin API: the old key retired. Its cookies
     // count as none; the re-signed ones hold, here and on a replica that
@@ -711,6 +723,9 @@ async fn keys_rotate_in_a_running_gateway_and_keep_its_state() {
         );
     }
     assert_eq!(gateway.list().await["b3"]["state"], "draining");
+    // The re-signed cookies are under the signing key, the stale ones under
+    // none: nothing more counted.
+    assert_eq!(older_key_cookies().await, sessions.len());
 
     // A file that holds no key changes nothing, by either way of asking.
     write("# emptied by mistake\n".into());

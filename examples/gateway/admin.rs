@@ -110,7 +110,10 @@
 //! could take counts here and nowhere else). `sticky_gateway_key_info`
 //! has one series per cookie key, labelled with its `position` (0 signs)
 //! and `fingerprint`; `sticky_gateway_keys_last_reload_successful` is 0
-//! while the last reading of the key file has failed; and
+//! while the last reading of the key file has failed;
+//! `sticky_gateway_older_key_cookies_total` counts requests whose cookie
+//! was signed with an older key of the ring (so that, once it stops
+//! growing, the older key can be dropped); and
 //! `sticky_gateway_access_lines_dropped_total` counts access log lines
 //! dropped because their writer fell behind.
 //!
@@ -654,10 +657,23 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
         )],
         render_metrics(
             &admin.all(),
-            &admin.keys.fingerprints(),
-            admin.keys.last_read_succeeded(),
+            &KeysFigures {
+                fingerprints: admin.keys.fingerprints(),
+                last_read_succeeded: admin.keys.last_read_succeeded(),
+                older_key_tokens: admin.backends.snapshot().older_key_tokens(),
+            },
         ),
     )
+}
+
+/// The cookie keys' figures for `/metrics`.
+struct KeysFigures {
+    /// The keys in use, the signing key's first.
+    fingerprints: Vec<String>,
+    /// Whether the last reading of their file succeeded (or none was made).
+    last_read_succeeded: bool,
+    /// Requests whose token was signed with a key after the signing one.
+    older_key_tokens: u64,
 }
 
 /// Every state a backend can be in, for `sticky_backend_state`.
@@ -668,10 +684,8 @@ const STATES: [BackendState; 4] = [
     BackendState::Unhealthy,
 ];
 
-/// The metrics of `backends`, and of the cookie keys: their
-/// `fingerprints` (the signing key's first), and whether the last reading
-/// of their file succeeded.
-fn render_metrics(backends: &[BackendJson], fingerprints: &[String], keys_read: bool) -> String {
+/// The metrics of `backends`, and of the cookie `keys`.
+fn render_metrics(backends: &[BackendJson], keys: &KeysFigures) -> String {
     type Figure = fn(&BackendJson) -> u64;
     let families: [(&str, &str, &str, Figure); 7] = [
         (
@@ -821,7 +835,7 @@ fn render_metrics(backends: &[BackendJson], fingerprints: &[String], keys_read: 
          all verify. Replicas that share sessions show the same.\n",
     );
     out.push_str("# TYPE sticky_gateway_key_info gauge\n");
-    for (position, fingerprint) in fingerprints.iter().enumerate() {
+    for (position, fingerprint) in keys.fingerprints.iter().enumerate() {
         let _ = writeln!(
             out,
             "sticky_gateway_key_info{{position=\"{position}\",fingerprint=\"{fingerprint}\"}} 1"
@@ -836,7 +850,17 @@ fn render_metrics(backends: &[BackendJson], fingerprints: &[String], keys_read: 
     let _ = writeln!(
         out,
         "sticky_gateway_keys_last_reload_successful {}",
-        u8::from(keys_read)
+        u8::from(keys.last_read_succeeded)
+    );
+    out.push_str(
+        "# HELP sticky_gateway_older_key_cookies_total Requests whose cookie (or token header) \
+         was signed with a key listed after the signing one. Once it stops growing for as long as sessions last, the older keys can be dropped.\n",
+    );
+    out.push_str("# TYPE sticky_gateway_older_key_cookies_total counter\n");
+    let _ = writeln!(
+        out,
+        "sticky_gateway_older_key_cookies_total {}",
+        keys.older_key_tokens
     );
     out
 }

@@ -119,7 +119,8 @@ pub struct Args {
     /// each on every replica before the next: list the new secret second;
     /// move it first (each session is then signed again on its next
     /// request); drop the old one once the sessions it signed may end
-    /// (after --idle-timeout, if set).
+    /// (after --idle-timeout, if set, or once /metrics'
+    /// sticky_gateway_older_key_cookies_total stops growing).
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
 

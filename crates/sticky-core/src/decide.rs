@@ -245,7 +245,12 @@ impl Snapshot {
         let mut spoiled = None;
         if let Some(text) = keys.token {
             match self.config.tokens.open(text, now) {
-                Ok(token) => return self.by_token(&token, keys, hash, now),
+                Ok(token) => {
+                    if token.key != 0 {
+                        self.older_key_tokens.fetch_add(1, Relaxed);
+                    }
+                    return self.by_token(&token, keys, hash, now);
+                }
                 Err(e) if e.is_expiry() => spoiled = Some(Outcome::Expired),
                 Err(_) => spoiled = Some(Outcome::Invalid),
             }

@@ -287,6 +287,9 @@ pub struct Snapshot {
     /// member's in-flight requests with this share of the total.
     pub(crate) shares: Box<[f64]>,
     pub(crate) load: Arc<AtomicU64>,
+    /// Tokens opened with a key after the signing one, since the pool
+    /// began; shared by its snapshots, as `load` is.
+    pub(crate) older_key_tokens: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -484,6 +487,8 @@ impl Snapshot {
         Ok(Snapshot {
             shares,
             load: previous.map_or_else(Default::default, |p| Arc::clone(&p.load)),
+            older_key_tokens: previous
+                .map_or_else(Default::default, |p| Arc::clone(&p.older_key_tokens)),
             group_schedule: Schedule::build(&group_shares),
             next_group: AtomicU64::new(stable_hash_indexed(schedule_seed, "", generation as u32)),
             config,
@@ -542,6 +547,15 @@ impl Snapshot {
     /// Requests in flight over all members (the basis of load bounds).
     pub fn total_in_flight(&self) -> u64 {
         self.load.load(Relaxed)
+    }
+
+    /// How many requests, since the pool began, carried a token signed
+    /// with a key the ring lists after its signing key (each such token is
+    /// re-issued under the signing key). During a rotation, once this
+    /// stops growing for as long as sessions last, no session still needs
+    /// the older keys, and they can be dropped.
+    pub fn older_key_tokens(&self) -> u64 {
+        self.older_key_tokens.load(Relaxed)
     }
 
     /// Marks a request to member `index` as dispatched; the guard marks it

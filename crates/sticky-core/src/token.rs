@@ -81,7 +81,10 @@ struct RingKey {
 /// signs with the new secret re-signs the tokens it sees, and a replica
 /// that does not know it yet would take those for forgeries and move their
 /// sessions. A running pool takes each step's ring with
-/// [`Pool::set_keys`](crate::Pool::set_keys), so no step needs a restart.
+/// [`Pool::set_keys`](crate::Pool::set_keys), so no step needs a restart,
+/// and counts the tokens still signed with older keys
+/// ([`Snapshot::older_key_tokens`](crate::Snapshot::older_key_tokens)),
+/// which says when the old key can go.
 ///
 /// `Debug` shows how many keys there are, never the secrets.
 #[derive(Clone)]

@@ -543,6 +543,7 @@ fn keys_replaced_in_a_live_pool_rotate_and_keep_everything_else() {
     let _in_flight = before.start_request(before.index_of("b2").unwrap());
     before.member_by_name("b4").unwrap().stats().fail_checks();
     let generation = before.generation();
+    assert_eq!(before.older_key_tokens(), 0);
 
     pool.set_keys(KeyRing::new([new, old]).unwrap()).unwrap();
     let after = pool.load();
@@ -580,6 +581,8 @@ fn keys_replaced_in_a_live_pool_rotate_and_keep_everything_else() {
         assert_eq!(opened.key, 0, "signed with the new key");
         renewed.push((token, d_home));
     }
+    // Each of those requests counted its token as under an older key.
+    assert_eq!(pool.load().older_key_tokens(), sessions.len() as u64);
     // New sessions still avoid the drained and the resting backend.
     for _ in 0..60 {
         let (_, home) = session(&pool);
@@ -598,6 +601,9 @@ fn keys_replaced_in_a_live_pool_rotate_and_keep_everything_else() {
         );
     }
     assert_eq!(pool.load().membership(), before.membership());
+    // Old tokens no longer open, re-signed ones are under the signing key:
+    // the count stays where it was.
+    assert_eq!(pool.load().older_key_tokens(), sessions.len() as u64);
 }
 
 #[test]
