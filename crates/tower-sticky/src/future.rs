@@ -274,12 +274,22 @@ impl<S> Ctx<S> {
     fn write_token<B>(&self, response: &mut Response<B>, token: &str) {
         let config = &self.config;
         let headers = response.headers_mut();
+        let mut sent = false;
         if let Some(name) = &config.token_header {
             if let Ok(value) = HeaderValue::from_str(token) {
                 headers.insert(name.clone(), value);
+                sent = true;
             }
         }
-        if !self.issue_tokens || !config.send_cookie || !self.cookie_in_path {
+        if !self.issue_tokens || !config.send_cookie {
+            return;
+        }
+        if !self.cookie_in_path {
+            // The token header goes where the cookie would have: kept from
+            // shared caches as the cookie would be.
+            if sent && config.cache_private {
+                make_private(headers);
+            }
             return;
         }
         let cookies = &*self.cookies;

@@ -18,11 +18,13 @@ pub struct CookieAttributes {
     /// cookie: the browser would not send such a cookie back with the
     /// requests it came from, and it would replace the session's cookie
     /// under the path. Those requests are placed by their other keys, or
-    /// as new sessions. The request's path is the one the client asked
-    /// for: under axum's `nest_service`, which strips its prefix, the
-    /// layer reads axum's `OriginalUri` with the `axum` feature; without
-    /// it, a `Path` other than `/` suits only a service that sees whole
-    /// paths.
+    /// as new sessions (and count as such in the backends' counters). A
+    /// path that does not start with `/` is written as `/`. The request's
+    /// path is the one the client asked for: under axum's `nest_service`,
+    /// which strips its prefix, the layer reads axum's `OriginalUri` with
+    /// the `axum` feature. Without it, or behind anything else that
+    /// strips a prefix before the layer (a proxy in front included), a
+    /// `Path` other than `/` never matches and no cookie is ever set.
     pub path: String,
     /// `Domain` (default none: host-only).
     pub domain: Option<String>,
@@ -55,11 +57,22 @@ impl Default for CookieAttributes {
 }
 
 impl CookieAttributes {
+    /// The `Path` written: `/` in place of one that does not start with
+    /// `/`, which a browser would replace with a path of its own choosing
+    /// for each request.
+    fn path(&self) -> &str {
+        if self.path.starts_with('/') {
+            &self.path
+        } else {
+            "/"
+        }
+    }
+
     /// Whether a browser sends a cookie with this `Path` along with a
     /// request for `request_path` (RFC 6265, 5.1.4): the same path, or one
     /// below it.
     pub(crate) fn covers(&self, request_path: &str) -> bool {
-        let path = self.path.as_str();
+        let path = self.path();
         match request_path.strip_prefix(path) {
             None => false,
             Some(rest) => rest.is_empty() || path.ends_with('/') || rest.starts_with('/'),
@@ -73,7 +86,7 @@ impl CookieAttributes {
     pub(crate) fn rendered(&self, twin: bool) -> String {
         let same_site = if twin { SameSite::None } else { self.same_site };
         let mut cookie = cookie::Cookie::build(("n", "v"))
-            .path(self.path.as_str())
+            .path(self.path())
             .http_only(self.http_only)
             .secure(self.secure || same_site == SameSite::None)
             .same_site(same_site)
@@ -193,9 +206,10 @@ impl StickyLayer {
     /// response. Name the cookie (in the
     /// [`TokenConfig`](sticky_core::token::TokenConfig)) so that no
     /// application uses the name for anything else, and give each `Sticky`
-    /// that serves the same site its own name (or its own `Path`): a
-    /// token from another one names no backend here, so each would move
-    /// the other's sessions.
+    /// that serves the same site its own name (or its own `Path`, which
+    /// needs the layer to see the whole request path: see
+    /// [`CookieAttributes::path`]): a token from another one names no
+    /// backend here, so each would move the other's sessions.
     pub fn send_cookie(self, send: bool) -> Self {
         self.edit(|c| c.send_cookie = send)
     }
@@ -206,8 +220,9 @@ impl StickyLayer {
         self.edit(|c| c.strip_cookie = strip)
     }
 
-    /// Adds `Cache-Control: private` to responses that get a cookie and are
-    /// otherwise cacheable, so no shared cache hands one client's cookie to
+    /// Adds `Cache-Control: private` to responses that get a cookie (or,
+    /// outside the cookie's `Path`, the token header in its place) and are
+    /// otherwise cacheable, so no shared cache hands one client's token to
     /// another (default on).
     pub fn cache_private(self, on: bool) -> Self {
         self.edit(|c| c.cache_private = on)

@@ -255,6 +255,27 @@ async fn a_cookie_path_keeps_requests_elsewhere_from_replacing_the_session() {
         );
         assert_eq!(r.into_body(), home, "{path}");
     }
+    // A token header still goes out there, kept from shared caches as a
+    // cookie would be.
+    let layer = StickyLayer::new()
+        .token_header(HeaderName::from_static("x-sticky"))
+        .cookie_attributes(CookieAttributes {
+            path: "/shop".into(),
+            ..CookieAttributes::default()
+        });
+    let service = layer_service(layer, three());
+    let r = get_at(&service, "/other", None).await;
+    assert!(r.headers().contains_key("x-sticky"), "{:?}", r.headers());
+    assert_eq!(sticky_cookie(&r), None);
+    assert_eq!(r.headers()[CACHE_CONTROL], "private");
+    // A path not starting with / is written as /, which covers every path.
+    let layer = StickyLayer::new().cookie_attributes(CookieAttributes {
+        path: "shop".into(),
+        ..CookieAttributes::default()
+    });
+    let r = get_at(&layer_service(layer, three()), "/other", None).await;
+    let set = r.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(set.contains("Path=/;") || set.ends_with("Path=/"), "{set}");
     // A path that ends with / covers only what is below it.
     let layer = StickyLayer::new().cookie_attributes(CookieAttributes {
         path: "/app/".into(),
