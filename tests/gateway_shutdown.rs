@@ -163,7 +163,9 @@ async fn sigterm_finishes_requests_under_way() {
 async fn a_log_gone_away_does_not_turn_shutdown_into_a_crash() {
     // Its standard error a pipe whose reader has gone, as a terminal
     // closed under it or a log collector stopped: every write fails.
-    let (mut child, listen, _admin) = spawn_logging(&[], "info", Stdio::piped()).await;
+    // The access log's own thread writes there too.
+    let access_log = ["--access-log"];
+    let (mut child, listen, _admin) = spawn_logging(&access_log, "info", Stdio::piped()).await;
     drop(child.stderr.take());
     answered(listen, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", b"\n").await;
     terminate_and_wait_for_the_listener(&child, listen).await;

@@ -29,34 +29,214 @@
 //! A request so malformed that hyper answers it before the gateway sees it
 //! (a 400 for a bad request line, a 431 for too large a head) has no line.
 //!
-//! The lines are written by a thread of their own, several in one write
-//! when they come fast, not one `write(2)` per request on the workers. If
-//! that thread falls 128,000 lines behind (the log's reader has stalled),
-//! further lines are dropped rather than hold requests up, and counted
-//! ([`dropped`], `sticky_gateway_access_lines_dropped_total`).
+//! The lines are written to standard error by a thread of their own
+//! ([`Writer`]): every [`TICK`], all the lines queued since, in as few
+//! writes as fit them, not one `write(2)` per request on the workers. So a
+//! line may come up to a tick after another log line written at the same
+//! time: sort by time stamp.
+//! If that thread falls [`QUEUE`] lines behind (the log's reader has
+//! stalled), further lines are dropped rather than hold requests up; they
+//! are counted, with those a failed write lost ([`dropped`],
+//! `sticky_gateway_access_lines_dropped_total`). At shutdown the gateway
+//! waits up to [`FINISH`] for the lines still queued.
 
 use std::fmt;
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::{Method, Response, Uri};
 use tower_sticky::sticky_core::Outcome;
 use tower_sticky::{Error, Placement};
 
-/// Counts the lines the access log's writer dropped.
-static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+/// How many lines may wait for the writer thread; past that, new lines
+/// are dropped. About 30 MiB of lines at most.
+pub const QUEUE: usize = 128 * 1024;
 
-/// Takes the access log writer's count of dropped lines, for [`dropped`].
-pub fn count_dropped(counter: tracing_appender::non_blocking::ErrorCounter) {
-    let _ = DROPPED.set(counter);
-}
+/// How long the gateway waits at shutdown for the lines still queued.
+pub const FINISH: Duration = Duration::from_secs(5);
 
-/// How many access lines were dropped because their writer fell behind.
+/// The gateway's access log's count of lost lines, for [`dropped`].
+static DROPPED: OnceLock<Arc<AtomicU64>> = OnceLock::new();
+
+/// How many of the gateway's access lines were lost: dropped because its
+/// writer fell [`QUEUE`] lines behind, or because writing them failed.
 pub fn dropped() -> u64 {
     DROPPED
         .get()
-        .map_or(0, |counter| counter.dropped_lines() as u64)
+        .map_or(0, |count| count.load(Ordering::Relaxed))
+}
+
+/// What the writer thread is sent: a line, or the word to finish.
+enum Message {
+    Line(Vec<u8>),
+    Finish,
+}
+
+/// Hands each formatted line to the writer thread (a `MakeWriter` for
+/// tracing's formatter: one [`Line`] per event).
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::SyncSender<Message>,
+    /// Lines lost: the queue full, or their write failed.
+    dropped: Arc<AtomicU64>,
+}
+
+/// The writer thread, to be finished at shutdown.
+pub struct Finisher {
+    queue: mpsc::SyncSender<Message>,
+    finished: mpsc::Receiver<()>,
+}
+
+impl Writer {
+    /// A writer whose thread writes to `out`, and what finishes it.
+    pub fn start<W>(out: W) -> std::io::Result<(Writer, Finisher)>
+    where
+        W: std::io::Write + Send + 'static,
+    {
+        Self::start_queueing(out, QUEUE)
+    }
+
+    /// As [`start`](Self::start), with room for `queue` lines.
+    fn start_queueing<W>(out: W, queue: usize) -> std::io::Result<(Writer, Finisher)>
+    where
+        W: std::io::Write + Send + 'static,
+    {
+        let (queue, lines) = mpsc::sync_channel(queue);
+        let (done, finished) = mpsc::channel();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&dropped);
+        std::thread::Builder::new()
+            .name("gateway-access-log".into())
+            .spawn(move || {
+                write_lines(lines, out, &counted);
+                let _ = done.send(());
+            })?;
+        let finisher = Finisher {
+            queue: queue.clone(),
+            finished,
+        };
+        Ok((Writer { queue, dropped }, finisher))
+    }
+
+    /// Makes this writer's count of lost lines the one [`dropped`] reads.
+    pub fn count_for_metrics(&self) {
+        let _ = DROPPED.set(Arc::clone(&self.dropped));
+    }
+}
+
+/// How often the writer thread takes the lines queued since it last did.
+/// It sleeps in between rather than wait on the queue, so that a worker
+/// that queues a line never has to wake it.
+pub const TICK: Duration = Duration::from_millis(20);
+
+/// Writes the lines it receives to `out`: every [`TICK`], all that have
+/// come, through one buffer, then flushed; until told to finish (or no
+/// sender is left). Lines lost to a failed write are counted as dropped.
+fn write_lines<W>(lines: mpsc::Receiver<Message>, out: W, dropped: &AtomicU64)
+where
+    W: std::io::Write,
+{
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    loop {
+        // Lines in the buffer since it was last flushed, lost with it if
+        // a write fails.
+        let mut buffered = 0;
+        let mut finish = false;
+        loop {
+            match lines.try_recv() {
+                Ok(Message::Line(line)) => {
+                    buffered += 1;
+                    if out.write_all(&line).is_err() {
+                        dropped.fetch_add(buffered, Ordering::Relaxed);
+                        buffered = 0;
+                        // Start over with an empty buffer.
+                        let (inner, _) = out.into_parts();
+                        out = std::io::BufWriter::with_capacity(64 * 1024, inner);
+                    }
+                }
+                Ok(Message::Finish) | Err(mpsc::TryRecvError::Disconnected) => {
+                    finish = true;
+                    break;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        if out.flush().is_err() {
+            dropped.fetch_add(buffered, Ordering::Relaxed);
+            let (inner, _) = out.into_parts();
+            out = std::io::BufWriter::with_capacity(64 * 1024, inner);
+        }
+        if finish {
+            return;
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+impl Finisher {
+    /// Waits, up to `within`, for the lines queued so far to be written;
+    /// false if they were not.
+    pub fn finish(self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut message = Message::Finish;
+        loop {
+            match self.queue.try_send(message) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Full(returned)) if Instant::now() < deadline => {
+                    message = returned;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return true,
+                Err(_) => return false,
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.finished.recv_timeout(left).is_ok()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Writer {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Line<'a> {
+        Line {
+            text: Vec::with_capacity(256),
+            to: self,
+        }
+    }
+}
+
+/// One event's line, sent to the writer thread when the formatter is done
+/// with it.
+pub struct Line<'a> {
+    text: Vec<u8>,
+    to: &'a Writer,
+}
+
+impl std::io::Write for Line<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.text.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line<'_> {
+    fn drop(&mut self) {
+        if self.text.is_empty() {
+            return;
+        }
+        let line = Message::Line(std::mem::take(&mut self.text));
+        if self.to.queue.try_send(line).is_err() {
+            self.to.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A request being timed for the access log. Dropped before its line is
@@ -204,6 +384,115 @@ impl fmt::Display for Escaped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+    use tracing_subscriber::fmt::MakeWriter as _;
+
+    /// An output that records each write, and holds the first one until
+    /// released: lines queue up behind it meanwhile.
+    #[derive(Clone)]
+    struct Held {
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        entered: mpsc::SyncSender<()>,
+        release: Arc<Mutex<mpsc::Receiver<()>>>,
+    }
+
+    impl Held {
+        /// The output, word of its first write, and its release.
+        fn new() -> (Held, mpsc::Receiver<()>, mpsc::Sender<()>) {
+            let (entered, first) = mpsc::sync_channel(1);
+            let (release, released) = mpsc::channel();
+            let held = Held {
+                writes: Arc::default(),
+                entered,
+                release: Arc::new(Mutex::new(released)),
+            };
+            (held, first, release)
+        }
+    }
+
+    impl std::io::Write for Held {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let mut writes = self.writes.lock().unwrap();
+            if writes.is_empty() {
+                let _ = self.entered.try_send(());
+                let _ = self.release.lock().unwrap().recv();
+            }
+            writes.push(bytes.to_vec());
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn send(writer: &Writer, line: &str) {
+        let mut out = writer.make_writer();
+        out.write_all(line.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn lines_queued_behind_a_slow_write_go_out_together_and_in_order() {
+        let (held, first, release) = Held::new();
+        let writes = Arc::clone(&held.writes);
+        let (writer, finisher) = Writer::start_queueing(held, 100).unwrap();
+        send(&writer, "line 0\n");
+        first.recv().unwrap();
+        for i in 1..50 {
+            send(&writer, &format!("line {i}\n"));
+        }
+        // Shutdown waits for them, though the output is still held.
+        let finishing = std::thread::spawn(move || finisher.finish(Duration::from_secs(60)));
+        release.send(()).unwrap();
+        assert!(finishing.join().unwrap(), "all written in time");
+        let writes = writes.lock().unwrap();
+        let text: Vec<u8> = writes.concat();
+        let wanted: String = (0..50).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(String::from_utf8(text).unwrap(), wanted);
+        assert!(writes.len() <= 3, "{} writes for 50 lines", writes.len());
+        assert_eq!(writer.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn lines_past_the_queue_and_lines_a_failed_write_lost_are_counted() {
+        let (held, first, release) = Held::new();
+        let (writer, finisher) = Writer::start_queueing(held, 2).unwrap();
+        send(&writer, "in the write\n");
+        first.recv().unwrap();
+        for line in ["queued 1\n", "queued 2\n", "dropped 1\n", "dropped 2\n"] {
+            send(&writer, line);
+        }
+        assert_eq!(writer.dropped.load(Ordering::Relaxed), 2);
+        release.send(()).unwrap();
+        assert!(finisher.finish(Duration::from_secs(60)));
+
+        // An output that refuses every write: each line lost, counted.
+        struct Closed;
+        impl std::io::Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+        }
+        let (writer, finisher) = Writer::start_queueing(Closed, 100).unwrap();
+        for i in 0..10 {
+            send(&writer, &format!("line {i}\n"));
+        }
+        assert!(finisher.finish(Duration::from_secs(60)));
+        assert_eq!(writer.dropped.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn shutdown_waits_for_the_queue_no_longer_than_it_may() {
+        let (held, first, release) = Held::new();
+        let (writer, finisher) = Writer::start_queueing(held, 10).unwrap();
+        send(&writer, "held\n");
+        first.recv().unwrap();
+        assert!(!finisher.finish(Duration::from_millis(10)), "still held");
+        release.send(()).unwrap();
+    }
 
     #[test]
     fn a_line_cannot_be_split_or_forged() {

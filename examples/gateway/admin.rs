@@ -112,10 +112,11 @@
 //! and `fingerprint`; `sticky_gateway_keys_last_reload_successful` is 0
 //! while the last reading of the key file has failed;
 //! `sticky_gateway_older_key_cookies_total` counts requests whose cookie
-//! was signed with an older key of the ring (so that, once it stops
-//! growing, the older key can be dropped); and
+//! was signed with a key listed after the signing one (once it has
+//! stopped growing on every replica for as long as a session may last,
+//! that key can be dropped); and
 //! `sticky_gateway_access_lines_dropped_total` counts access log lines
-//! dropped because their writer fell behind.
+//! lost because their writer fell behind or a write failed.
 //!
 //! Each change answers with the backend as it is after the change (removal
 //! answers `{"removed": "b3"}`) and takes effect for the next request the
@@ -635,7 +636,8 @@ async fn remove(
 async fn no_route() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see GET /backends, GET /metrics, POST /backends, DELETE /backends/NAME, \
+        "no such endpoint; see GET / (the status page), GET /backends, GET /metrics, \
+         POST /backends, DELETE /backends/NAME, \
          POST /backends/NAME/{drain,undrain,disable,enable,weight/N}, POST /groups/GROUP/weight/N, \
          GET /keys and POST /keys/reload",
     )
@@ -822,7 +824,8 @@ fn render_metrics(backends: &[BackendJson], keys: &KeysFigures) -> String {
     }
     out.push_str(
         "# HELP sticky_gateway_access_lines_dropped_total Access log lines (--access-log) \
-         dropped because the thread writing them fell 128,000 lines behind.\n",
+         lost: dropped because the thread writing them fell 131,072 lines behind, or lost to \
+         a failed write.\n",
     );
     out.push_str("# TYPE sticky_gateway_access_lines_dropped_total counter\n");
     let _ = writeln!(

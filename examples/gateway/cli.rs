@@ -94,7 +94,10 @@ pub struct Args {
 
     /// The cookie's Path: browsers send it only with requests under PATH.
     /// Requests elsewhere are placed as new sessions, each time, and their
-    /// answers set no cookie, which would replace the session's.
+    /// answers set no cookie, which would replace the session's. PATH is
+    /// matched against the path the gateway receives, and browsers match
+    /// it against theirs: behind a proxy that strips a prefix, leave it
+    /// at /.
     #[arg(long, value_name = "PATH", default_value = "/", value_parser = cookie_path)]
     pub cookie_path: String,
 
@@ -120,7 +123,8 @@ pub struct Args {
     /// move it first (each session is then signed again on its next
     /// request); drop the old one once the sessions it signed may end
     /// (after --idle-timeout, if set, or once /metrics'
-    /// sticky_gateway_older_key_cookies_total stops growing).
+    /// sticky_gateway_older_key_cookies_total has stopped growing on
+    /// every replica for as long as a session may last).
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
 
@@ -214,10 +218,12 @@ pub struct Args {
     /// method, path and query, status, the backend, how the request was
     /// placed and why, where its key came from, and the milliseconds to
     /// the response head. `RUST_LOG=warn,access=info` keeps these lines
-    /// and drops the rest. A thread of their own writes them; if it falls
-    /// 128,000 lines behind, further lines are dropped rather than hold
-    /// requests up (`sticky_gateway_access_lines_dropped_total` counts
-    /// them).
+    /// and drops the rest. A thread of their own writes them, several at
+    /// once under load; if it falls 131,072 lines behind, further lines
+    /// are dropped rather than hold requests up
+    /// (`sticky_gateway_access_lines_dropped_total` counts them, and lines
+    /// a failed write lost). At shutdown the gateway waits up to 5 s for
+    /// the lines still queued.
     #[arg(long)]
     pub access_log: bool,
 

@@ -54,7 +54,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(500);
 
 fn main() {
     let args = Args::parse();
-    let _access_log = init_logging(args.access_log);
+    let access_log = init_logging(args.access_log);
     if args.access_log && !tracing::enabled!(target: "access", tracing::Level::INFO) {
         eprintln!(
             "warning: --access-log given, but RUST_LOG leaves out the target `access` at \
@@ -78,31 +78,43 @@ fn main() {
     for worker in workers {
         let _ = worker.join();
     }
+    if let Some(access_log) = access_log {
+        if !access_log.finish(access::FINISH) {
+            tell(format_args!(
+                "gave up waiting after {:?} for the access log's last lines",
+                access::FINISH
+            ));
+        }
+    }
 }
 
 /// Sets up the log on standard error, filtered by `RUST_LOG` (default
 /// `info`). With `access_log`, access lines (the target `access`) go
-/// through a thread of their own, which writes several at once when they
-/// come fast: one `write(2)` per request on the workers would cost more
-/// than the rest of the line. The returned guard, then, writes what is
-/// left when dropped.
-fn init_logging(access_log: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+/// through a thread of their own, which writes all that have come every
+/// few milliseconds: one `write(2)` per request on the workers would cost
+/// more than the rest of the line. Then the returned [`access::Finisher`]
+/// waits for the lines still queued at shutdown.
+fn init_logging(access_log: bool) -> Option<access::Finisher> {
     use tracing_subscriber::prelude::*;
     // Colour for a person at a terminal only: a log piped to a file or a
     // collector stays plain text. NO_COLOR turns it off as well.
     let ansi = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let is_access = |metadata: &tracing::Metadata<'_>| metadata.target() == "access";
-    let (access, guard) = if access_log {
-        let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-        access::count_dropped(writer.error_counter());
-        let layer = tracing_subscriber::fmt::layer()
-            .with_writer(writer)
-            .with_ansi(ansi)
-            .with_filter(tracing_subscriber::filter::filter_fn(is_access));
-        (Some(layer), Some(guard))
-    } else {
-        (None, None)
+    let (access, finisher) = match access_log.then(|| access::Writer::start(std::io::stderr())) {
+        Some(Ok((writer, finisher))) => {
+            writer.count_for_metrics();
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_ansi(ansi)
+                .with_filter(tracing_subscriber::filter::filter_fn(is_access));
+            (Some(layer), Some(finisher))
+        }
+        Some(Err(error)) => {
+            eprintln!("error: cannot start the access log's thread: {error}");
+            std::process::exit(1);
+        }
+        None => (None, None),
     };
     tracing_subscriber::registry()
         .with(
@@ -118,7 +130,7 @@ fn init_logging(access_log: bool) -> Option<tracing_appender::non_blocking::Work
         )
         .with(access)
         .init();
-    guard
+    finisher
 }
 
 /// Serves until SIGINT or SIGTERM and the end of the requests under way;
