@@ -60,7 +60,7 @@ impl CookieAttributes {
     /// The `Path` written: `/` in place of one that does not start with
     /// `/`, which a browser would replace with a path of its own choosing
     /// for each request.
-    fn path(&self) -> &str {
+    fn written_path(&self) -> &str {
         if self.path.starts_with('/') {
             &self.path
         } else {
@@ -72,7 +72,7 @@ impl CookieAttributes {
     /// request for `request_path` (RFC 6265, 5.1.4): the same path, or one
     /// below it.
     pub(crate) fn covers(&self, request_path: &str) -> bool {
-        let path = self.path();
+        let path = self.written_path();
         match request_path.strip_prefix(path) {
             None => false,
             Some(rest) => rest.is_empty() || path.ends_with('/') || rest.starts_with('/'),
@@ -86,7 +86,7 @@ impl CookieAttributes {
     pub(crate) fn rendered(&self, twin: bool) -> String {
         let same_site = if twin { SameSite::None } else { self.same_site };
         let mut cookie = cookie::Cookie::build(("n", "v"))
-            .path(self.path())
+            .path(self.written_path())
             .http_only(self.http_only)
             .secure(self.secure || same_site == SameSite::None)
             .same_site(same_site)
