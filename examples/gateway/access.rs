@@ -55,6 +55,11 @@ use tower_sticky::{Error, Placement};
 /// are dropped. About 30 MiB of lines at most.
 pub const QUEUE: usize = 128 * 1024;
 
+/// How often the writer thread takes the lines queued since it last did.
+/// It sleeps in between rather than wait on the queue, so that a worker
+/// that queues a line never has to wake it.
+pub const TICK: Duration = Duration::from_millis(20);
+
 /// How long the gateway waits at shutdown for the lines still queued.
 pub const FINISH: Duration = Duration::from_secs(5);
 
@@ -126,11 +131,6 @@ impl Writer {
         let _ = DROPPED.set(Arc::clone(&self.dropped));
     }
 }
-
-/// How often the writer thread takes the lines queued since it last did.
-/// It sleeps in between rather than wait on the queue, so that a worker
-/// that queues a line never has to wake it.
-pub const TICK: Duration = Duration::from_millis(20);
 
 /// Writes the lines it receives to `out`: every [`TICK`], all that have
 /// come, through one buffer, then flushed; until told to finish (or no
