@@ -260,7 +260,8 @@ pub enum Fate<'a> {
     /// Placed, and the backend answered: the response carries its
     /// [`Placement`].
     Placed,
-    /// Its client broke its upload off (the backend was `backend`).
+    /// Its client broke its upload off: the line names the backend the
+    /// upload was going to, and blames the client.
     ClientFailed(&'a Error),
     /// The layer's error: no backend could take it, or its backend failed.
     Failed(&'a Error),
