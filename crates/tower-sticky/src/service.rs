@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderValue, COOKIE};
+use http::header::{Entry, HeaderValue, COOKIE};
 use http::{HeaderMap, Request, Response};
 use sticky_core::{BackendId, Keys, Outcome};
 use tower_service::Service;
@@ -239,31 +239,122 @@ pub(crate) struct Cookies {
 }
 
 /// Removes the named cookies from every `Cookie` header, dropping headers
-/// left empty. The other pairs are kept byte for byte, whatever bytes they
-/// hold.
+/// left empty. A header without them is left as it is; in one with them,
+/// the other pairs are kept byte for byte, whatever bytes they hold.
 fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
-    if !headers.contains_key(COOKIE) {
+    // `try_entry` fails only for a map at its size limit (32,768 fields),
+    // which no HTTP server hands on; rather than panic, it is left alone.
+    let Ok(Entry::Occupied(mut entry)) = headers.try_entry(COOKIE) else {
         return;
+    };
+    // Every value to keep, in order, once one has lost a pair.
+    let mut kept: Option<Vec<HeaderValue>> = None;
+    for (i, value) in entry.iter().enumerate() {
+        match without_named(value, names) {
+            None => {
+                if let Some(kept) = &mut kept {
+                    kept.push(value.clone());
+                }
+            }
+            Some(rest) => kept
+                .get_or_insert_with(|| entry.iter().take(i).cloned().collect())
+                .extend(rest),
+        }
     }
-    let kept: Vec<HeaderValue> = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|value| {
-            let pairs: Vec<&[u8]> = value
-                .as_bytes()
-                .split(|&b| b == b';')
-                .map(<[u8]>::trim_ascii)
-                .filter(|pair| {
-                    let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
-                    !pair.is_empty() && !names.iter().any(|n| n.as_bytes() == name.trim_ascii())
-                })
-                .collect();
-            // Pieces of a valid header value, joined by "; ", are valid.
-            (!pairs.is_empty()).then(|| HeaderValue::from_bytes(&pairs.join(&b"; "[..])).ok())?
-        })
-        .collect();
-    headers.remove(COOKIE);
-    for value in kept {
-        headers.append(COOKIE, value);
+    let Some(kept) = kept else {
+        return;
+    };
+    let mut kept = kept.into_iter();
+    match kept.next() {
+        // Every value of the entry goes with it.
+        None => drop(entry.remove()),
+        Some(first) => {
+            // Replaces every value of the entry.
+            entry.insert(first);
+            kept.for_each(|value| entry.append(value));
+        }
+    }
+}
+
+/// `value` without the named cookies, in one pass over its bytes: `None`
+/// when it holds none of them, `Some(None)` when nothing else is left.
+fn without_named(value: &HeaderValue, names: &[String]) -> Option<Option<HeaderValue>> {
+    let named = |pair: &[u8]| {
+        let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
+        names.iter().any(|n| n.as_bytes() == name.trim_ascii())
+    };
+    let push = |joined: &mut Vec<u8>, pair: &[u8]| {
+        if !pair.is_empty() {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(pair);
+        }
+    };
+    let bytes = value.as_bytes();
+    // The pairs kept, once a named one has been met.
+    let mut joined: Option<Vec<u8>> = None;
+    let mut start = 0;
+    for pair in bytes.split(|&b| b == b';') {
+        let before = &bytes[..start];
+        start += pair.len() + 1;
+        let pair = pair.trim_ascii();
+        match &mut joined {
+            Some(joined) if !named(pair) => push(joined, pair),
+            Some(_) => {}
+            None if named(pair) => {
+                let mut kept = Vec::new();
+                for pair in before.split(|&b| b == b';') {
+                    push(&mut kept, pair.trim_ascii());
+                }
+                joined = Some(kept);
+            }
+            None => {}
+        }
+    }
+    // Pieces of a valid header value, joined by "; ", are valid.
+    joined.map(|joined| (!joined.is_empty()).then(|| HeaderValue::from_bytes(&joined).ok())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Cookie headers left after stripping `sticky` and its twin.
+    fn stripped(values: &[&str]) -> Vec<String> {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(COOKIE, HeaderValue::from_str(value).unwrap());
+        }
+        strip_cookies(&mut headers, &["sticky".into(), "sticky_cors".into()]);
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn only_the_named_cookies_are_stripped() {
+        assert_eq!(stripped(&[]), Vec::<String>::new());
+        assert_eq!(stripped(&["sticky=t"]), Vec::<String>::new());
+        assert_eq!(stripped(&["sticky=t; sticky_cors=t"]), Vec::<String>::new());
+        // Headers without them stay as they came, separators included.
+        assert_eq!(stripped(&["a=1;b=2"]), ["a=1;b=2"]);
+        assert_eq!(stripped(&["a=1;b=2", "sticky=t"]), ["a=1;b=2"]);
+        assert_eq!(stripped(&["sticky=t", "a=1;b=2"]), ["a=1;b=2"]);
+        // Before, between and after other pairs; empty pairs go too.
+        assert_eq!(stripped(&["a=1;;sticky=t ; b=2"]), ["a=1; b=2"]);
+        assert_eq!(stripped(&["a=1; sticky=t"]), ["a=1"]);
+        assert_eq!(stripped(&[" sticky = t;a=1"]), ["a=1"]);
+        // Names are compared whole; a value may hold anything.
+        assert_eq!(
+            stripped(&["stickyx=1; x=sticky; sticky_cors=t; s=a=b"]),
+            ["stickyx=1; x=sticky; s=a=b"]
+        );
+        assert_eq!(
+            stripped(&["c=1", "sticky=t; d=2", "e=3; f=4"]),
+            ["c=1", "d=2", "e=3; f=4"]
+        );
     }
 }
