@@ -214,8 +214,11 @@ impl StickyLayer {
         self.edit(|c| c.send_cookie = send)
     }
 
-    /// Removes the load-balancer cookie from requests before they reach
-    /// the backend (default: left in place).
+    /// Removes the load-balancer cookie (and its
+    /// [`cors_twin`](CookieAttributes::cors_twin)) from requests before
+    /// they reach the backend, as HAProxy's `indirect` does (default: left
+    /// in place). The other cookies reach the backend byte for byte, and a
+    /// `Cookie` header left empty is dropped.
     pub fn strip_cookie(self, strip: bool) -> Self {
         self.edit(|c| c.strip_cookie = strip)
     }
