@@ -176,6 +176,7 @@ fn help_documents_every_flag() {
         "--admin-listen",
         "--preserve-host",
         "--threads",
+        "--pin-workers",
         "--access-log",
         "--client-timeout",
         "--backend-timeout",

@@ -1115,3 +1115,50 @@ async fn the_debug_log_names_each_requests_backend_in_plain_text() {
         assert!(log.contains(&line), "no `{line}` in the log:\n{log}");
     }
 }
+
+/// The CPUs in a `Cpus_allowed_list:` line of a `/proc` status file
+/// (`0-3,6`).
+fn cpus_allowed(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .expect("a Cpus_allowed_list line")
+        .trim();
+    list.split(',')
+        .flat_map(|range| {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            first.parse::<usize>().unwrap()..=last.parse::<usize>().unwrap()
+        })
+        .collect()
+}
+
+/// `--pin-workers` keeps worker i on the i-th CPU the gateway may run on
+/// (those this test may run on), from the first again past the last; the
+/// thread that accepts connections stays free to move.
+#[tokio::test]
+async fn pinned_workers_each_keep_to_one_cpu_in_turn() {
+    let servers = backends(&["b1"]).await;
+    let gateway = Gateway::start(&[&servers[0]], &["--threads", "3", "--pin-workers"]).await;
+    gateway.assert_keeps_serving().await;
+    let allowed = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let pid = gateway.child.id().unwrap();
+    let status = |tid: &str| std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"));
+    // Thread names are cut to 15 bytes: "gateway-worker-" for each worker,
+    // which start one after another, in thread id order.
+    let mut workers: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|tid: &u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|name| name.trim() == "gateway-worker-")
+        })
+        .collect();
+    workers.sort_unstable();
+    assert_eq!(workers.len(), 3, "{workers:?}");
+    for (index, tid) in workers.iter().enumerate() {
+        let pinned = cpus_allowed(&status(&tid.to_string()).unwrap());
+        assert_eq!(pinned, [allowed[index % allowed.len()]], "worker {index}");
+    }
+    assert_eq!(cpus_allowed(&status(&pid.to_string()).unwrap()), allowed);
+    assert!(gateway.log().contains("worker pinned"), "{}", gateway.log());
+}

@@ -231,6 +231,17 @@ pub struct Args {
     /// upstream connections. Default: one per CPU.
     #[arg(long, value_name = "N")]
     pub threads: Option<std::num::NonZeroUsize>,
+
+    /// Pin worker i to the i-th CPU the gateway may run on (over again
+    /// from the first when there are more workers than CPUs), as nginx's
+    /// `worker_cpu_affinity auto` or HAProxy's `cpu-map`. Busy workers
+    /// then never share a CPU while another has none: the kernel switches
+    /// between two busy threads on one CPU only at its scheduler tick (4
+    /// ms at 250 Hz), holding one worker's requests up meanwhile. Off by
+    /// default, as a pinned worker cannot move off a CPU that something
+    /// else keeps busy.
+    #[arg(long)]
+    pub pin_workers: bool,
 }
 
 /// The cookie's SameSite attribute.

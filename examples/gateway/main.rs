@@ -270,6 +270,11 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         client_timeout,
         stop.subscribe(),
     ));
+    let cpus = if args.pin_workers {
+        allowed_cpus()
+    } else {
+        Vec::new()
+    };
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers {
@@ -277,6 +282,7 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         queues.push(queue);
         threads.push(worker(
             index,
+            (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
             sticky.clone(),
             client_timeout,
             args.access_log,
@@ -353,13 +359,40 @@ struct Accepted {
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
+/// The CPUs this process may run on, in order; none (and a warning) if
+/// the kernel will not say.
+fn allowed_cpus() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&cpu| set.is_set(cpu))
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "--pin-workers: cannot read the CPUs allowed; workers left unpinned");
+            Vec::new()
+        }
+    }
+}
+
+/// Keeps the calling thread, worker `index`, on `cpu`; a failure is
+/// logged and leaves it unpinned.
+fn pin_to(index: usize, cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    match rustix::thread::sched_setaffinity(None, &set) {
+        Ok(()) => tracing::info!(worker = index, cpu, "worker pinned"),
+        Err(error) => tracing::warn!(worker = index, cpu, %error, "worker left unpinned"),
+    }
+}
+
 /// Starts worker thread `index`: a single-threaded runtime serving the
 /// connections it is handed until its queue closes. Everything a request
 /// touches (its client connection, its upstream connection) stays on the
 /// worker, as in an event-loop proxy: no task hops between threads.
-/// Returns once the worker runs; exits the process if it cannot start.
+/// With `cpu`, the worker runs on that CPU only. Returns once the worker
+/// runs; exits the process if it cannot start.
 fn worker(
     index: usize,
+    cpu: Option<usize>,
     sticky: Sticky<Upstream>,
     client_timeout: Duration,
     access_log: bool,
@@ -370,6 +403,9 @@ fn worker(
         .name(format!("gateway-worker-{index}"))
         .spawn(move || {
             proxy::enter_worker(index);
+            if let Some(cpu) = cpu {
+                pin_to(index, cpu);
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
