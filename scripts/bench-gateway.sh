@@ -28,6 +28,10 @@
 #   PROXY_THREADS=$(nproc)  threads for each proxy: the gateway's
 #                     --threads, HAProxy's nbthread, nginx's
 #                     worker_processes
+#   PIN=0             1: every proxy keeps each of its threads on a CPU of
+#                     its own (gateway --pin-workers, HAProxy cpu-map, nginx
+#                     worker_cpu_affinity auto); 0: where the kernel puts
+#                     them, each proxy's default
 #
 # Needs root for apt-get when haproxy, nginx, wrk or curl are missing.
 # Everything listens on 127.0.0.1 only; every process started here is
@@ -42,6 +46,7 @@ PROXY_THREADS=${PROXY_THREADS:-$(nproc)}
 ROUNDS=${ROUNDS:-3}
 MAX_NOISE=${MAX_NOISE:-10}
 RETRIES=${RETRIES:-2}
+PIN=${PIN:-0}
 
 BACKEND_PORTS=(9101 9102 9103)
 GATEWAY_PORT=9201
@@ -215,10 +220,20 @@ done
 
 HAPROXY_DIR="$TMP/haproxy"
 mkdir -p "$HAPROXY_DIR"
+# With PIN=1, HAProxy's thread i goes to the i-th CPU this script may use.
+HAPROXY_CPU_MAP=""
+if [[ $PIN == 1 ]]; then
+    cpus=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status |
+        tr ',' '\n' | awk -F- -v n="$PROXY_THREADS" '{
+            for (c = $1; c <= ($2 == "" ? $1 : $2); c++) if (k++ < n) print c
+        }' | paste -sd ' ' -)
+    HAPROXY_CPU_MAP="    cpu-map auto:1/1-$PROXY_THREADS $cpus"
+fi
 cat >"$HAPROXY_DIR/haproxy.cfg" <<EOF
 global
     nbthread $PROXY_THREADS
     maxconn 4096
+$HAPROXY_CPU_MAP
 
 defaults
     mode http
@@ -249,6 +264,9 @@ NGINX_DIR="$TMP/nginx"
 mkdir -p "$NGINX_DIR"
 {
     echo "worker_processes $PROXY_THREADS;"
+    if [[ $PIN == 1 ]]; then
+        echo "worker_cpu_affinity auto;"
+    fi
     nginx_common "$NGINX_DIR"
     echo "http {"
     nginx_http_common "$NGINX_DIR"
@@ -286,6 +304,9 @@ mkdir -p "$GATEWAY_DIR"
 GATEWAY_ARGS=(--listen "127.0.0.1:$GATEWAY_PORT"
     --admin-listen "127.0.0.1:$GATEWAY_ADMIN_PORT" --threads "$PROXY_THREADS"
     --strip-cookie)
+if [[ $PIN == 1 ]]; then
+    GATEWAY_ARGS+=(--pin-workers)
+fi
 for i in 1 2 3; do
     GATEWAY_ARGS+=(--backend "b$i=http://127.0.0.1:${BACKEND_PORTS[i - 1]}")
 done
@@ -671,7 +692,7 @@ echo "- $haproxy_version"
 echo "- $nginx_version"
 echo "- $wrk_version"
 echo "- $rustc_version; gateway commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (work tree has changes)')"
-echo "- proxy threads: $PROXY_THREADS each (gateway: --threads $PROXY_THREADS; HAProxy: nbthread $PROXY_THREADS; nginx: worker_processes $PROXY_THREADS); backends: one nginx, worker_processes 1, three server blocks answering b1/b2/b3; wrk, backends and proxy share the same $(nproc) CPUs"
+echo "- proxy threads: $PROXY_THREADS each (gateway: --threads $PROXY_THREADS; HAProxy: nbthread $PROXY_THREADS; nginx: worker_processes $PROXY_THREADS), $(if [[ $PIN == 1 ]]; then echo "each on a CPU of its own (gateway --pin-workers, HAProxy cpu-map, nginx worker_cpu_affinity auto)"; else echo "placed by the kernel"; fi); backends: one nginx, worker_processes 1, three server blocks answering b1/b2/b3; wrk, backends and proxy share the same $(nproc) CPUs"
 echo "- load average (1, 5, 15 min) before the runs: $LOAD_BEFORE; after: $(cut -d ' ' -f 1-3 /proc/loadavg) (the after figure includes the benchmark's own load)"
 echo "- load: wrk -t $WRK_THREADS -c $WRK_CONNECTIONS; per proxy and traffic kind a ${WARMUP} s warm-up (discarded) then ${DURATION} s measured; one proxy running at a time; $ROUNDS round(s), the proxies' order rotated each round"
 echo
