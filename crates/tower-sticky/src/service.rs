@@ -242,10 +242,15 @@ pub(crate) struct Cookies {
 /// left empty. A header without them is left as it is; in one with them,
 /// the other pairs are kept byte for byte, whatever bytes they hold.
 fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
-    // `try_entry` fails only for a map at its size limit (32,768 fields),
-    // which no HTTP server hands on; rather than panic, it is left alone.
-    let Ok(Entry::Occupied(mut entry)) = headers.try_entry(COOKIE) else {
-        return;
+    let mut entry = match headers.try_entry(COOKIE) {
+        Ok(Entry::Occupied(entry)) => entry,
+        Ok(Entry::Vacant(_)) => return,
+        // Only a map at its size limit, which no HTTP server hands on: no
+        // Cookie header goes on, rather than the LB cookie with them.
+        Err(_) => {
+            headers.remove(COOKIE);
+            return;
+        }
     };
     // Every value to keep, in order, once one has lost a pair.
     let mut kept: Option<Vec<HeaderValue>> = None;
@@ -332,6 +337,24 @@ mod tests {
             .iter()
             .map(|v| v.to_str().unwrap().to_owned())
             .collect()
+    }
+
+    /// A map too full to look the header up in loses every Cookie header,
+    /// rather than pass the LB cookie on.
+    #[test]
+    fn a_full_map_keeps_no_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1; sticky=t"));
+        let filler = HeaderValue::from_static("x");
+        for i in 0.. {
+            let name = http::HeaderName::try_from(format!("x-{i}")).unwrap();
+            if headers.try_insert(name, filler.clone()).is_err() {
+                break;
+            }
+        }
+        assert!(headers.try_entry(COOKIE).is_err(), "the map should be full");
+        strip_cookies(&mut headers, &["sticky".into()]);
+        assert!(!headers.contains_key(COOKIE));
     }
 
     #[test]
