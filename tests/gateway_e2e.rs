@@ -1133,32 +1133,62 @@ fn cpus_allowed(status: &str) -> Vec<usize> {
 }
 
 /// `--pin-workers` keeps worker i on the i-th CPU the gateway may run on
-/// (those this test may run on), from the first again past the last; the
-/// thread that accepts connections stays free to move.
+/// (those this test may run on), from the first again past the last;
+/// every other thread stays free to move: the one that accepts
+/// connections, and those a worker starts to resolve a backend's host
+/// name.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn pinned_workers_each_keep_to_one_cpu_in_turn() {
     let servers = backends(&["b1"]).await;
-    let gateway = Gateway::start(&[&servers[0]], &["--threads", "3", "--pin-workers"]).await;
-    gateway.assert_keeps_serving().await;
+    // A host name, resolved on a thread the worker starts.
+    let url = format!("http://localhost:{}", servers[0].addr.port());
+    let gateway = Gateway::start(
+        &[],
+        &[
+            "--backend",
+            &format!("b1={url}"),
+            "--threads",
+            "3",
+            "--pin-workers",
+        ],
+    )
+    .await;
+    for _ in 0..3 {
+        gateway.assert_keeps_serving().await;
+    }
     let allowed = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
     let pid = gateway.child.id().unwrap();
-    let status = |tid: &str| std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"));
-    // Thread names are cut to 15 bytes: "gateway-worker-" for each worker,
-    // which start one after another, in thread id order.
-    let mut workers: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|tid: &u32| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-                .is_ok_and(|name| name.trim() == "gateway-worker-")
-        })
-        .collect();
-    workers.sort_unstable();
-    assert_eq!(workers.len(), 3, "{workers:?}");
-    for (index, tid) in workers.iter().enumerate() {
-        let pinned = cpus_allowed(&status(&tid.to_string()).unwrap());
-        assert_eq!(pinned, [allowed[index % allowed.len()]], "worker {index}");
+    let cpus_of = |tid: &str| {
+        cpus_allowed(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap())
+    };
+    // Each worker logs its thread id as it pins itself.
+    let log = gateway.log();
+    let mut pinned = std::collections::BTreeMap::new();
+    for line in log.lines().filter(|line| line.contains("worker pinned")) {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("no {name} in {line}"))
+                .to_owned()
+        };
+        pinned.insert(field("worker").parse::<usize>().unwrap(), field("thread"));
     }
-    assert_eq!(cpus_allowed(&status(&pid.to_string()).unwrap()), allowed);
-    assert!(gateway.log().contains("worker pinned"), "{}", gateway.log());
+    assert_eq!(pinned.len(), 3, "{log}");
+    for (index, tid) in &pinned {
+        assert_eq!(
+            cpus_of(tid),
+            [allowed[index % allowed.len()]],
+            "worker {index}"
+        );
+    }
+    let others: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|tid| !pinned.values().any(|worker| worker == tid))
+        .collect();
+    assert!(others.len() > 1, "{others:?}");
+    for tid in others {
+        assert_eq!(cpus_of(&tid), allowed, "thread {tid}");
+    }
 }

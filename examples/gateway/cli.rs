@@ -232,10 +232,12 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub threads: Option<std::num::NonZeroUsize>,
 
-    /// Pin worker i to the i-th CPU the gateway may run on (over again
-    /// from the first when there are more workers than CPUs), as nginx's
-    /// `worker_cpu_affinity auto` or HAProxy's `cpu-map`. Busy workers
-    /// then never share a CPU while another has none: the kernel switches
+    /// Keep worker i on the i-th CPU the gateway may run on (Linux).
+    ///
+    /// Over again from the first CPU when there are more workers than
+    /// CPUs; every other thread stays free to move. Like nginx's
+    /// `worker_cpu_affinity` or HAProxy's `cpu-map`. Busy workers then
+    /// never share a CPU while another has none: the kernel may switch
     /// between two busy threads on one CPU only at its scheduler tick (4
     /// ms at 250 Hz), holding one worker's requests up meanwhile. Off by
     /// default, as a pinned worker cannot move off a CPU that something

@@ -20,6 +20,7 @@ mod admin;
 mod cli;
 mod client;
 mod connection;
+mod cpus;
 mod demo;
 mod health;
 mod keys;
@@ -271,7 +272,7 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         stop.subscribe(),
     ));
     let cpus = if args.pin_workers {
-        allowed_cpus()
+        cpus::allowed()
     } else {
         Vec::new()
     };
@@ -359,31 +360,6 @@ struct Accepted {
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
-/// The CPUs this process may run on, in order; none (and a warning) if
-/// the kernel will not say.
-fn allowed_cpus() -> Vec<usize> {
-    match rustix::thread::sched_getaffinity(None) {
-        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&cpu| set.is_set(cpu))
-            .collect(),
-        Err(error) => {
-            tracing::warn!(%error, "--pin-workers: cannot read the CPUs allowed; workers left unpinned");
-            Vec::new()
-        }
-    }
-}
-
-/// Keeps the calling thread, worker `index`, on `cpu`; a failure is
-/// logged and leaves it unpinned.
-fn pin_to(index: usize, cpu: usize) {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu);
-    match rustix::thread::sched_setaffinity(None, &set) {
-        Ok(()) => tracing::info!(worker = index, cpu, "worker pinned"),
-        Err(error) => tracing::warn!(worker = index, cpu, %error, "worker left unpinned"),
-    }
-}
-
 /// Starts worker thread `index`: a single-threaded runtime serving the
 /// connections it is handed until its queue closes. Everything a request
 /// touches (its client connection, its upstream connection) stays on the
@@ -403,12 +379,14 @@ fn worker(
         .name(format!("gateway-worker-{index}"))
         .spawn(move || {
             proxy::enter_worker(index);
-            if let Some(cpu) = cpu {
-                pin_to(index, cpu);
+            let mut runtime = tokio::runtime::Builder::new_current_thread();
+            runtime.enable_all();
+            if let Some(unpinned) = cpu.and_then(|cpu| cpus::pin(index, cpu)) {
+                // The runtime's blocking threads start from the worker's
+                // one CPU; they get back the CPUs it had.
+                runtime.on_thread_start(move || unpinned.restore());
             }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
+            let runtime = runtime.build();
             match runtime {
                 Ok(runtime) => {
                     let _ = started.send(Ok(()));
