@@ -220,14 +220,22 @@ done
 
 HAPROXY_DIR="$TMP/haproxy"
 mkdir -p "$HAPROXY_DIR"
-# With PIN=1, HAProxy's thread i goes to the i-th CPU this script may use.
+# With PIN=1, each proxy's thread i goes to the i-th CPU this script may
+# use (HAProxy's cpu-map; nginx's worker_cpu_affinity with a mask of those
+# CPUs, as its `auto` alone would count from CPU 0 whatever is allowed).
 HAPROXY_CPU_MAP=""
+NGINX_CPU_MASK=""
 if [[ $PIN == 1 ]]; then
     cpus=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status |
         tr ',' '\n' | awk -F- -v n="$PROXY_THREADS" '{
             for (c = $1; c <= ($2 == "" ? $1 : $2); c++) if (k++ < n) print c
         }' | paste -sd ' ' -)
+    read -ra pinned_cpus <<<"$cpus"
+    ((${#pinned_cpus[@]} == PROXY_THREADS)) ||
+        die "PIN=1 needs a CPU for each of the $PROXY_THREADS threads; this script may use ${#pinned_cpus[@]}"
     HAPROXY_CPU_MAP="    cpu-map auto:1/1-$PROXY_THREADS $cpus"
+    NGINX_CPU_MASK=$(printf '%s\n' "${pinned_cpus[@]}" | awk '{ bit[$1] = 1; if ($1 > max) max = $1 }
+        END { for (c = max; c >= 0; c--) printf "%d", (c in bit) }')
 fi
 cat >"$HAPROXY_DIR/haproxy.cfg" <<EOF
 global
@@ -265,7 +273,7 @@ mkdir -p "$NGINX_DIR"
 {
     echo "worker_processes $PROXY_THREADS;"
     if [[ $PIN == 1 ]]; then
-        echo "worker_cpu_affinity auto;"
+        echo "worker_cpu_affinity auto $NGINX_CPU_MASK;"
     fi
     nginx_common "$NGINX_DIR"
     echo "http {"
