@@ -30,7 +30,8 @@
 #                     worker_processes
 #   PIN=0             1: every proxy keeps each of its threads on a CPU of
 #                     its own (gateway --pin-workers, HAProxy cpu-map, nginx
-#                     worker_cpu_affinity auto); 0: where the kernel puts
+#                     worker_cpu_affinity auto MASK, all over the CPUs this
+#                     script may use); 0: where the kernel puts
 #                     them, each proxy's default
 #
 # Needs root for apt-get when haproxy, nginx, wrk or curl are missing.
@@ -700,7 +701,7 @@ echo "- $haproxy_version"
 echo "- $nginx_version"
 echo "- $wrk_version"
 echo "- $rustc_version; gateway commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (work tree has changes)')"
-echo "- proxy threads: $PROXY_THREADS each (gateway: --threads $PROXY_THREADS; HAProxy: nbthread $PROXY_THREADS; nginx: worker_processes $PROXY_THREADS), $(if [[ $PIN == 1 ]]; then echo "each on a CPU of its own (gateway --pin-workers, HAProxy cpu-map, nginx worker_cpu_affinity auto)"; else echo "placed by the kernel"; fi); backends: one nginx, worker_processes 1, three server blocks answering b1/b2/b3; wrk, backends and proxy share the same $(nproc) CPUs"
+echo "- proxy threads: $PROXY_THREADS each (gateway: --threads $PROXY_THREADS; HAProxy: nbthread $PROXY_THREADS; nginx: worker_processes $PROXY_THREADS), $(if [[ $PIN == 1 ]]; then echo "each on a CPU of its own (gateway --pin-workers, HAProxy cpu-map, nginx worker_cpu_affinity auto $NGINX_CPU_MASK)"; else echo "placed by the kernel"; fi); backends: one nginx, worker_processes 1, three server blocks answering b1/b2/b3; wrk, backends and proxy share the same $(nproc) CPUs"
 echo "- load average (1, 5, 15 min) before the runs: $LOAD_BEFORE; after: $(cut -d ' ' -f 1-3 /proc/loadavg) (the after figure includes the benchmark's own load)"
 echo "- load: wrk -t $WRK_THREADS -c $WRK_CONNECTIONS; per proxy and traffic kind a ${WARMUP} s warm-up (discarded) then ${DURATION} s measured; one proxy running at a time; $ROUNDS round(s), the proxies' order rotated each round"
 echo
