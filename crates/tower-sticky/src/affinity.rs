@@ -238,12 +238,16 @@ impl HashKey<'_> {
     }
 }
 
-/// Every cookie of every `Cookie` header, within the limits.
+/// Every cookie of every `Cookie` header, within the limits, as raw
+/// bytes: `(name, value)`, spaces around each trimmed and the value's
+/// quotes removed.
 ///
 /// A request `Cookie` header is only `name=value` pairs separated by `;`
-/// (RFC 6265 §4.2), so it is scanned in place: no allocation, and about a
-/// fifth of the cost of parsing each pair as a full cookie. (Cookies the
-/// layer writes are built with the `cookie` crate.)
+/// (RFC 6265 §4.2), so it is scanned in place: no allocation, and no
+/// parsing of pairs nobody asked for. Browsers send every cookie of the
+/// site in one header (analytics, consent, preferences: often dozens),
+/// and only the one or two the layer looks for are checked as UTF-8.
+/// (Cookies the layer writes are built with the `cookie` crate.)
 ///
 /// The header is split as bytes, so a pair that is not UTF-8, or one with
 /// bytes outside visible ASCII (another cookie's `José`, say), costs only
@@ -251,7 +255,7 @@ impl HashKey<'_> {
 pub(crate) fn cookies<'a>(
     headers: &'a HeaderMap,
     limits: &Limits,
-) -> impl Iterator<Item = (&'a str, &'a str)> {
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
     let mut budget = limits.cookie_bytes;
     headers
         .get_all(COOKIE)
@@ -261,18 +265,62 @@ pub(crate) fn cookies<'a>(
             budget = budget.saturating_sub(v.len());
             ok
         })
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .flat_map(|v| pairs(v.as_bytes()))
         .take(limits.cookies)
         .filter_map(|pair| {
-            let (name, value) = std::str::from_utf8(pair).ok()?.split_once('=')?;
-            let name = name.trim_matches(' ');
-            let value = value.trim_matches(' ');
-            let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(value);
+            let at = memchr::memchr(b'=', pair)?;
+            let name = trim_spaces(&pair[..at]);
+            let value = trim_spaces(&pair[at + 1..]);
+            let value = match value {
+                [b'"', inner @ .., b'"'] => inner,
+                _ => value,
+            };
             (!name.is_empty()).then_some((name, value))
         })
+}
+
+/// The `;`-separated pieces of a `Cookie` header's value, as
+/// `<[u8]>::split` gives them, found with `memchr`: the LB cookie is one
+/// of many in a browser's header, and every byte before it is passed
+/// over.
+pub(crate) fn pairs(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(bytes);
+    std::iter::from_fn(move || {
+        let bytes = rest?;
+        match memchr::memchr(b';', bytes) {
+            Some(at) => {
+                rest = Some(&bytes[at + 1..]);
+                Some(&bytes[..at])
+            }
+            None => {
+                rest = None;
+                Some(bytes)
+            }
+        }
+    })
+}
+
+/// `bytes` without the spaces at either end.
+fn trim_spaces(mut bytes: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    while let [rest @ .., b' '] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
+/// The values of the cookies named `name` (any of `names`), in order; a
+/// value that is not UTF-8 is skipped.
+fn named<'a, 'n, N: AsRef<str>>(
+    headers: &'a HeaderMap,
+    names: &'n [N],
+    limits: &Limits,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n, N> {
+    cookies(headers, limits)
+        .filter(|(name, _)| names.iter().any(|n| n.as_ref().as_bytes() == *name))
+        .filter_map(|(_, value)| std::str::from_utf8(value).ok())
 }
 
 /// At most this many differing copies of the LB cookie are tried, so that
@@ -290,9 +338,7 @@ fn lb_cookie<'a>(
     limits: &Limits,
     opens: &dyn Fn(&str) -> bool,
 ) -> Option<&'a str> {
-    let mut copies = cookies(headers, limits)
-        .filter(|(name, _)| names.iter().any(|n| n == name))
-        .map(|(_, value)| value);
+    let mut copies = named(headers, names, limits);
     let first = copies.next()?;
     let mut others = copies.filter(|value| *value != first).peekable();
     if others.peek().is_none() {
@@ -306,9 +352,7 @@ fn lb_cookie<'a>(
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str, limits: &Limits) -> Option<&'a str> {
-    cookies(headers, limits)
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v)
+    named(headers, std::slice::from_ref(&name), limits).next()
 }
 
 /// The first non-empty value of query parameter `name`, as sent (not
@@ -780,11 +824,54 @@ mod tests {
             .unwrap();
         let p = parts(req);
         let all: Vec<_> = cookies(&p.headers, &Limits::default()).collect();
-        assert_eq!(all, vec![("a", "1"), ("b", "2"), ("sticky", "tok")]);
+        assert_eq!(
+            all,
+            [("a", "1"), ("b", "2"), ("sticky", "tok")].map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        );
         let tight = Limits {
             cookies: 2,
             ..Limits::default()
         };
         assert_eq!(cookie(&p.headers, "sticky", &tight), None);
+    }
+
+    #[test]
+    fn pairs_are_the_pieces_split_gives() {
+        for header in [
+            "",
+            ";",
+            ";;",
+            "a",
+            "a;",
+            ";a",
+            "a;;b",
+            " a=1 ; b=2;c",
+            "x=1;",
+        ] {
+            let bytes = header.as_bytes();
+            let expected: Vec<&[u8]> = bytes.split(|&b| b == b';').collect();
+            assert_eq!(pairs(bytes).collect::<Vec<_>>(), expected, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn a_named_value_that_is_not_utf8_is_passed_over() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            http::HeaderValue::from_bytes(b" sticky = \xff\xfe ; a=\"\xe9\"; sticky=\"tok\" ")
+                .unwrap(),
+        );
+        assert_eq!(cookie(&headers, "sticky", &Limits::default()), Some("tok"));
+        assert_eq!(cookie(&headers, "a", &Limits::default()), None);
+        let all: Vec<_> = cookies(&headers, &Limits::default()).collect();
+        assert_eq!(
+            all,
+            [
+                (&b"sticky"[..], &b"\xff\xfe"[..]),
+                (b"a", b"\xe9"),
+                (b"sticky", b"tok")
+            ]
+        );
     }
 }

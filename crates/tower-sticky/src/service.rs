@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::header::{Entry, HeaderValue, COOKIE};
 use http::{HeaderMap, Request, Response};
 use sticky_core::{BackendId, Keys, Outcome};
@@ -285,7 +286,7 @@ fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
 /// when it holds none of them, `Some(None)` when nothing else is left.
 fn without_named(value: &HeaderValue, names: &[String]) -> Option<Option<HeaderValue>> {
     let named = |pair: &[u8]| {
-        let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
+        let name = memchr::memchr(b'=', pair).map_or(pair, |at| &pair[..at]);
         names.iter().any(|n| n.as_bytes() == name.trim_ascii())
     };
     let push = |joined: &mut Vec<u8>, pair: &[u8]| {
@@ -300,7 +301,7 @@ fn without_named(value: &HeaderValue, names: &[String]) -> Option<Option<HeaderV
     // The pairs kept, once a named one has been met.
     let mut joined: Option<Vec<u8>> = None;
     let mut start = 0;
-    for pair in bytes.split(|&b| b == b';') {
+    for pair in affinity::pairs(bytes) {
         let before = &bytes[..start];
         start += pair.len() + 1;
         let pair = pair.trim_ascii();
@@ -308,8 +309,8 @@ fn without_named(value: &HeaderValue, names: &[String]) -> Option<Option<HeaderV
             Some(joined) if !named(pair) => push(joined, pair),
             Some(_) => {}
             None if named(pair) => {
-                let mut kept = Vec::new();
-                for pair in before.split(|&b| b == b';') {
+                let mut kept = Vec::with_capacity(bytes.len());
+                for pair in affinity::pairs(before) {
                     push(&mut kept, pair.trim_ascii());
                 }
                 joined = Some(kept);
@@ -317,8 +318,11 @@ fn without_named(value: &HeaderValue, names: &[String]) -> Option<Option<HeaderV
             None => {}
         }
     }
-    // Pieces of a valid header value, joined by "; ", are valid.
-    joined.map(|joined| (!joined.is_empty()).then(|| HeaderValue::from_bytes(&joined).ok())?)
+    // Pieces of a valid header value, joined by "; ", are valid. The
+    // bytes become the value's own, without another copy.
+    joined.map(|joined| {
+        (!joined.is_empty()).then(|| HeaderValue::from_maybe_shared(Bytes::from(joined)).ok())?
+    })
 }
 
 #[cfg(test)]
