@@ -576,6 +576,38 @@ async fn the_access_log_has_a_line_per_request() {
     let wanted = "method=POST uri=/up status=400 backend=mute outcome=client-failed";
     assert!(line.contains(wanted), "{line}");
 
+    // Requests hyper answers itself, before the gateway sees them: a line
+    // each, with `-` for what could not be read.
+    let too_many: String = (0..101).map(|i| format!("x-{i}: y\r\n")).collect();
+    let too_long = "a".repeat(65_535);
+    let unparsed = [
+        (
+            "GET / HTTP/1.1\r\nhost: x\r\nno colon\r\n\r\n".to_owned(),
+            400,
+            "bad-request",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nhost: x\r\n{too_many}\r\n"),
+            431,
+            "head-too-large",
+        ),
+        (
+            format!("GET /{too_long} HTTP/1.1\r\nhost: x\r\n\r\n"),
+            414,
+            "uri-too-long",
+        ),
+    ];
+    for (n, (request, status, reason)) in unparsed.iter().enumerate() {
+        let head = raw_answer(failing.addr, request.as_bytes()).await;
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        let line = &access_line(&failing, 3 + n, reason).await;
+        let wanted = format!(
+            "method=- uri=- status={status} backend=- outcome=refused reason={reason} source=- ms=-"
+        );
+        assert!(line.contains(" INFO access: client=127.0.0.1:"), "{line}");
+        assert!(line.ends_with(&wanted), "{line}\nwanted: {wanted}");
+    }
+
     // An HTTP/2 request's URI as an HTTP/1.1 one's: its path and query.
     let (mut sender, _) = http2_connection(gateway.addr).await;
     let request = Request::get(format!("http://{}/h2?x=1", gateway.addr))

@@ -27,7 +27,15 @@
 //!   end, for `aborted`), in milliseconds.
 //!
 //! A request so malformed that hyper answers it before the gateway sees it
-//! (a 400 for a bad request line, a 431 for too large a head) has no line.
+//! has a line too, with `-` for what could not be read, `refused` for its
+//! outcome and why in `reason`: `bad-request` (status 400: a request line
+//! or header that is not HTTP, TLS sent to the plain port, say),
+//! `head-too-large` (431: over hyper's limit of 100 headers or about
+//! 400 KiB) or `uri-too-long` (414):
+//!
+//! ```text
+//! INFO access: client=127.0.0.1:51236 method=- uri=- status=400 backend=- outcome=refused reason=bad-request source=- ms=-
+//! ```
 //!
 //! The lines are written to standard error by a thread of their own
 //! ([`Writer`]): every [`TICK`], all the lines queued since, in as few
@@ -310,6 +318,50 @@ impl Access {
         };
         request.write(response.status().as_u16(), fields);
     }
+}
+
+/// Logs the line of a request that hyper answered itself, before the
+/// gateway saw it, if `error` (what ended `client`'s connection) says it
+/// did. Its method and target are `-`: they could not be read.
+pub fn unparsed(client: SocketAddr, error: &(dyn std::error::Error + 'static)) {
+    let Some((status, reason)) = answered_by_hyper(error) else {
+        return;
+    };
+    tracing::info!(
+        target: "access",
+        client = %client,
+        method = %"-",
+        uri = %"-",
+        status,
+        backend = %"-",
+        outcome = %"refused",
+        reason = %reason,
+        source = %"-",
+        ms = %"-",
+    );
+}
+
+/// The status and reason of the answer hyper's HTTP/1.1 server writes
+/// itself for a request head it cannot parse (as its `on_error` does),
+/// when `error` is such a failure; `None` for any other end of a
+/// connection, which gets no answer.
+fn answered_by_hyper(error: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)> {
+    let error = error.downcast_ref::<hyper::Error>()?;
+    // An HTTP/2 preface on an HTTP/1.1 connection, and a bad status line,
+    // are not a client's request that hyper answers.
+    if !error.is_parse() || error.is_parse_version_h2() || error.is_parse_status() {
+        return None;
+    }
+    if error.is_parse_too_large() {
+        // hyper tells a target too long from a head too large only in its
+        // message.
+        return Some(if error.to_string().starts_with("URI too long") {
+            (414, "uri-too-long")
+        } else {
+            (431, "head-too-large")
+        });
+    }
+    Some((400, "bad-request"))
 }
 
 /// The backend an error names, `-` for none.

@@ -509,7 +509,12 @@ pub trait Graceful: Future<Output = Result<(), tower_sticky::BoxError>> {
 /// hyper would wait on) at once, as is a stalled one, or one idle again
 /// while closing. `stop` is held until the
 /// connection ends, so that shutdown can wait for every receiver to go.
-pub async fn drive<C>(connection: C, mut timer: ClientTimer, mut stop: Receiver<bool>)
+/// Returns the error that ended the connection, if one did.
+pub async fn drive<C>(
+    connection: C,
+    mut timer: ClientTimer,
+    mut stop: Receiver<bool>,
+) -> Option<tower_sticky::BoxError>
 where
     C: Graceful,
 {
@@ -542,9 +547,13 @@ where
     .await;
     match ended {
         None => tracing::debug!("client connection idle or stalled too long; closed"),
-        Some(Err(error)) => tracing::debug!(%error, "client connection ended"),
+        Some(Err(error)) => {
+            tracing::debug!(%error, "client connection ended");
+            return Some(error);
+        }
         Some(Ok(())) => {}
     }
+    None
 }
 
 #[cfg(test)]

@@ -505,7 +505,15 @@ async fn serve(
         let stream = stall::Watched::new(stream, activity.writing());
         let connection = protocols.serve(stream, service);
         let timer = client::ClientTimer::new(activity, client_timeout);
-        tokio::spawn(client::drive(connection, timer, stop));
+        if access_log {
+            tokio::spawn(async move {
+                if let Some(error) = client::drive(connection, timer, stop).await {
+                    access::unparsed(peer, &*error);
+                }
+            });
+        } else {
+            tokio::spawn(client::drive(connection, timer, stop));
+        }
     }
 }
 
