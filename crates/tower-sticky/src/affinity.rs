@@ -311,8 +311,8 @@ fn trim_spaces(mut bytes: &[u8]) -> &[u8] {
     bytes
 }
 
-/// The values of the cookies named `name` (any of `names`), in order; a
-/// value that is not UTF-8 is skipped.
+/// The values of the cookies with any of `names`, in order; a value that
+/// is not UTF-8 is skipped.
 fn named<'a, 'n, N: AsRef<str>>(
     headers: &'a HeaderMap,
     names: &'n [N],

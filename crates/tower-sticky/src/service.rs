@@ -289,9 +289,13 @@ fn without_named(value: &HeaderValue, names: &[String]) -> Option<Option<HeaderV
         let name = memchr::memchr(b'=', pair).map_or(pair, |at| &pair[..at]);
         names.iter().any(|n| n.as_bytes() == name.trim_ascii())
     };
+    // Room for what is kept, taken at its first pair: a header that
+    // held only the named cookies needs none.
     let push = |joined: &mut Vec<u8>, pair: &[u8]| {
         if !pair.is_empty() {
-            if !joined.is_empty() {
+            if joined.is_empty() {
+                joined.reserve(value.len());
+            } else {
                 joined.extend_from_slice(b"; ");
             }
             joined.extend_from_slice(pair);
@@ -309,7 +313,7 @@ fn without_named(value: &HeaderValue, names: &[String]) -> Option<Option<HeaderV
             Some(joined) if !named(pair) => push(joined, pair),
             Some(_) => {}
             None if named(pair) => {
-                let mut kept = Vec::with_capacity(bytes.len());
+                let mut kept = Vec::new();
                 for pair in affinity::pairs(before) {
                     push(&mut kept, pair.trim_ascii());
                 }
