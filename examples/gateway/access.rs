@@ -21,21 +21,27 @@
 //!   it ended with no response: its client went away, or a timeout or a
 //!   forced shutdown cut it;
 //! - `reason`: why a session failed over or was rejected (`unhealthy`,
-//!   `disabled`, `removed`, ...);
+//!   `disabled`, `removed`, ...), or why hyper refused a head (below);
 //! - `source`: where its key came from (`none` when the weights placed it);
 //! - `ms`: the time from the request head to the response head (or to the
-//!   end, for `aborted`), in milliseconds.
+//!   end, for `aborted`), in milliseconds; `-` when hyper refused the head.
 //!
-//! A request so malformed that hyper answers it before the gateway sees it
-//! has a line too, with `-` for what could not be read, `refused` for its
-//! outcome and why in `reason`: `bad-request` (status 400: a request line
-//! or header that is not HTTP, TLS sent to the plain port, say),
-//! `head-too-large` (431: over hyper's limit of 100 headers or about
-//! 400 KiB) or `uri-too-long` (414):
+//! An HTTP/1.1 request head so malformed that hyper answers it before the
+//! gateway sees it has a line too, written as its connection ends (hyper
+//! closes it after the answer), with `-` for what could not be read,
+//! `refused` for its outcome and why in `reason`: `bad-request` (status
+//! 400: a request line or header that is not HTTP, TLS sent to the plain
+//! port, say), `head-too-large` (431: over hyper's limits, such as 100
+//! headers or about 400 KiB in all) or `uri-too-long` (414: a target over
+//! 65,534 bytes):
 //!
 //! ```text
 //! INFO access: client=127.0.0.1:51236 method=- uri=- status=400 backend=- outcome=refused reason=bad-request source=- ms=-
 //! ```
+//!
+//! An HTTP/2 request whose headers are over the `h2` crate's limit
+//! (16 KiB) is answered 431 by that crate, out of the gateway's sight, and
+//! has no line.
 //!
 //! The lines are written to standard error by a thread of their own
 //! ([`Writer`]): every [`TICK`], all the lines queued since, in as few
@@ -348,7 +354,10 @@ pub fn unparsed(client: SocketAddr, error: &(dyn std::error::Error + 'static)) {
 fn answered_by_hyper(error: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)> {
     let error = error.downcast_ref::<hyper::Error>()?;
     // An HTTP/2 preface on an HTTP/1.1 connection, and a bad status line,
-    // are not a client's request that hyper answers.
+    // are not a client's request that hyper answers. hyper's own internal
+    // parse failure gets no answer either, but its public API does not
+    // tell it apart: it would show as a 400 line. It is a fault in hyper,
+    // not in a request, so that is left.
     if !error.is_parse() || error.is_parse_version_h2() || error.is_parse_status() {
         return None;
     }
