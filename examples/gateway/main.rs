@@ -27,6 +27,7 @@ mod keys;
 mod latency;
 mod proxy;
 mod stall;
+mod turns;
 
 use std::convert::Infallible;
 use std::io::IsTerminal as _;
@@ -440,6 +441,7 @@ async fn serve(
         let requests = std::sync::Arc::clone(&activity);
         let drain = stop.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            turns::request_started();
             let (started, upload) = requests.start(&request);
             // Boxed: a pointer, not the record, in every request's future.
             let access = access_log
