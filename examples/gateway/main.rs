@@ -277,6 +277,7 @@ async fn run(args: Args, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
     } else {
         Vec::new()
     };
+    turns::init(workers);
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers {
@@ -380,6 +381,7 @@ fn worker(
         .name(format!("gateway-worker-{index}"))
         .spawn(move || {
             proxy::enter_worker(index);
+            turns::enter_worker(index);
             let mut runtime = tokio::runtime::Builder::new_current_thread();
             runtime.enable_all();
             if let Some(unpinned) = cpu.and_then(|cpu| cpus::pin(index, cpu)) {
