@@ -1,5 +1,5 @@
 //! The gateway modules' own tests (admin API, client connections,
-//! proxying, timeouts, keys, the access log),
+//! proxying, timeouts, keys, the access log, workers sharing a CPU),
 //! run here because examples are not test targets: `test = true` would
 //! make `cargo test` build the gateway only as a test harness, not the
 //! binary the other gateway tests run.
@@ -25,3 +25,5 @@ mod latency;
 mod proxy;
 #[path = "../examples/gateway/stall.rs"]
 mod stall;
+#[path = "../examples/gateway/turns.rs"]
+mod turns;

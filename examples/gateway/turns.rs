@@ -112,3 +112,41 @@ fn read_cpu_clock() {
         let _ = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_shares_a_cpu_only_with_a_worker_last_seen_there() {
+        // Kept where it is, so that the CPU it looks up is this one.
+        let cpu = rustix::thread::sched_getcpu();
+        let mut here = rustix::thread::CpuSet::new();
+        here.set(cpu);
+        rustix::thread::sched_setaffinity(None, &here).unwrap();
+        init(3);
+        let seen = SEEN.get().unwrap();
+
+        assert!(!shares_a_cpu(Some(0)), "no other worker seen yet");
+        assert_eq!(seen[0].load(Ordering::Relaxed), cpu, "its own sighting");
+        seen[2].store(cpu + 1, Ordering::Relaxed);
+        assert!(!shares_a_cpu(Some(0)), "the other on another CPU");
+        assert!(!shares_a_cpu(None), "not a worker");
+
+        // A worker looks again only every LOOK_EVERY requests.
+        enter_worker(0);
+        seen[1].store(cpu, Ordering::Relaxed);
+        let sharing = || WORKER.with(|worker| worker.sharing.get());
+        for _ in 1..LOOK_EVERY {
+            request_started();
+        }
+        assert!(!sharing(), "not looked yet");
+        request_started();
+        assert!(sharing(), "worker 1 last seen on its CPU");
+        seen[1].store(NONE, Ordering::Relaxed);
+        for _ in 0..LOOK_EVERY {
+            request_started();
+        }
+        assert!(!sharing(), "worker 1 gone from its CPU");
+    }
+}
