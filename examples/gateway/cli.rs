@@ -237,11 +237,11 @@ pub struct Args {
     /// Over again from the first CPU when there are more workers than
     /// CPUs; every other thread stays free to move. Like nginx's
     /// `worker_cpu_affinity` or HAProxy's `cpu-map`. Busy workers then
-    /// never share a CPU while another has none: the kernel may switch
-    /// between two busy threads on one CPU only at its scheduler tick (4
-    /// ms at 250 Hz), holding one worker's requests up meanwhile. Off by
-    /// default, as a pinned worker cannot move off a CPU that something
-    /// else keeps busy.
+    /// never share a CPU while another has none, where each holds the
+    /// other's requests up for its turn (a slice, 1.4 ms on two CPUs, or
+    /// on kernels before 6.6 a tick, 4 ms at 250 Hz). Off by default, as
+    /// a pinned worker cannot move off a CPU that something else keeps
+    /// busy.
     #[arg(long)]
     pub pin_workers: bool,
 }
