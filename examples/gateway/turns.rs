@@ -36,8 +36,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 /// Requests between two reads of a worker's CPU clock while it shares a
-/// CPU: about half a millisecond of a busy worker's time, a third of its
-/// slice.
+/// CPU: about a quarter of a millisecond of its CPU time (some 15 µs a
+/// request here, the kernel's part included), a sixth of its slice.
 pub const EVERY: u32 = 16;
 
 /// Requests between two looks at which CPU a worker is on.
