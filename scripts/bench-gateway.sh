@@ -33,6 +33,8 @@
 #                     worker_cpu_affinity auto MASK, all over the CPUs this
 #                     script may use); 0: where the kernel puts
 #                     them, each proxy's default
+#   PGO=0             1: also measure the gateway built with profile-guided
+#                     optimisation (scripts/build-pgo.sh), as gateway-pgo
 #
 # Needs root for apt-get when haproxy, nginx, wrk or curl are missing.
 # Everything listens on 127.0.0.1 only; every process started here is
@@ -48,6 +50,7 @@ ROUNDS=${ROUNDS:-3}
 MAX_NOISE=${MAX_NOISE:-10}
 RETRIES=${RETRIES:-2}
 PIN=${PIN:-0}
+PGO=${PGO:-0}
 
 BACKEND_PORTS=(9101 9102 9103)
 GATEWAY_PORT=9201
@@ -150,6 +153,10 @@ log "building the gateway (cargo build --release --example gateway)"
 cargo build --release --example gateway >&2
 GATEWAY_BIN="$ROOT/target/release/examples/gateway"
 [[ -x $GATEWAY_BIN ]] || die "$GATEWAY_BIN not built"
+if [[ $PGO == 1 ]]; then
+    log "building the gateway with profile-guided optimisation (scripts/build-pgo.sh)"
+    GATEWAY_PGO_BIN=$("$ROOT/scripts/build-pgo.sh") || die "scripts/build-pgo.sh failed"
+fi
 
 # --- backends: one nginx, three server blocks --------------------------------
 
@@ -323,6 +330,7 @@ done
 # Display form of each proxy's start command, for the report.
 declare -A START_CMD=(
     [gateway]="STICKY_SECRET=<fixed 37-byte test secret> RUST_LOG=warn target/release/examples/gateway ${GATEWAY_ARGS[*]}"
+    [gateway-pgo]="STICKY_SECRET=<fixed 37-byte test secret> RUST_LOG=warn target/pgo/optimised/release/examples/gateway ${GATEWAY_ARGS[*]}"
     [haproxy]="haproxy -db -f \$TMP/haproxy/haproxy.cfg"
     [nginx]="nginx -p \$TMP/nginx -e \$TMP/nginx/logs/error.log -c \$TMP/nginx/nginx.conf"
 )
@@ -331,11 +339,15 @@ declare -A START_CMD=(
 # PROXY_PORT and PROXY_LOG.
 start_proxy() {
     case $1 in
-    gateway)
+    gateway | gateway-pgo)
+        local bin=$GATEWAY_BIN
+        if [[ $1 == gateway-pgo ]]; then
+            bin=$GATEWAY_PGO_BIN
+        fi
         PROXY_PORT=$GATEWAY_PORT
         PROXY_LOG="$GATEWAY_DIR/stderr"
         STICKY_SECRET=$GATEWAY_SECRET RUST_LOG=warn \
-            "$GATEWAY_BIN" "${GATEWAY_ARGS[@]}" \
+            "$bin" "${GATEWAY_ARGS[@]}" \
             >"$GATEWAY_DIR/stdout" 2>"$PROXY_LOG" &
         ;;
     haproxy)
@@ -360,7 +372,7 @@ start_proxy() {
 returning_cookie() {
     local name=$1 port=$2 wanted headers value
     case $name in
-    gateway) wanted=sticky ;;
+    gateway | gateway-pgo) wanted=sticky ;;
     haproxy) wanted=SERVERID ;;
     nginx)
         printf '%s\n' "$NGINX_COOKIE"
@@ -438,6 +450,9 @@ to_ms() {
 LOAD_BEFORE=$(cut -d ' ' -f 1-3 /proc/loadavg)
 
 PROXIES=(gateway haproxy nginx)
+if [[ $PGO == 1 ]]; then
+    PROXIES=(gateway gateway-pgo haproxy nginx)
+fi
 KINDS=(new returning)
 # Per "proxy/kind/round": requests/s, p99 (as wrk prints it, and in ms),
 # CPU steal, other processes' CPU and idle during the measured run, tries,
@@ -449,7 +464,7 @@ RAW_OUTPUT="$TMP/wrk-output.txt"
 GATEWAY_ALL_LOG="$TMP/gateway-all.log"
 : >"$RAW_OUTPUT"
 : >"$GATEWAY_ALL_LOG"
-GATEWAY_RESET=""
+declare -A GATEWAY_RESET
 
 # proxy_alive: dies, showing the proxy's log and wrk's last output, if the
 # proxy under test has exited.
@@ -621,11 +636,11 @@ for ((round = 1; round <= ROUNDS; round++)); do
             fi
             log "   $kind: ${RPS[$rkey]} requests/s, p99 ${P99_RAW[$rkey]}, steal ${STEAL[$rkey]}%, others ${OTHERS[$rkey]}%, idle ${IDLE[$rkey]}%"
         done
-        if [[ $proxy == gateway ]]; then
+        if [[ $proxy == gateway* ]]; then
             cat "$PROXY_LOG" >>"$GATEWAY_ALL_LOG"
             # Does a returning request get a new Set-Cookie?
-            GATEWAY_RESET+="${GATEWAY_RESET:+, }$(curl -si --max-time 5 \
-                -H "Cookie: ${COOKIE_USED[gateway]}" "http://127.0.0.1:$PROXY_PORT/" |
+            GATEWAY_RESET[$proxy]+="${GATEWAY_RESET[$proxy]:+, }$(curl -si --max-time 5 \
+                -H "Cookie: ${COOKIE_USED[$proxy]}" "http://127.0.0.1:$PROXY_PORT/" |
                 tr -d '\r' | grep -ci '^set-cookie:' || true)"
         elif [[ -s $PROXY_LOG ]]; then
             log "   $proxy log tail:"
@@ -764,7 +779,12 @@ for proxy in "${PROXIES[@]}"; do
         echo "  - warm-up (count×status body): ${WARM[$key]:-?}"
     done
 done
-echo "- gateway: Set-Cookie headers on a returning request, per round: ${GATEWAY_RESET:-?}; stderr lines (RUST_LOG=warn), all rounds: $(wc -l <"$GATEWAY_ALL_LOG")"
+for proxy in "${PROXIES[@]}"; do
+    if [[ $proxy == gateway* ]]; then
+        echo "- $proxy: Set-Cookie headers on a returning request, per round: ${GATEWAY_RESET[$proxy]:-?}"
+    fi
+done
+echo "- gateway stderr lines (RUST_LOG=warn), all rounds: $(wc -l <"$GATEWAY_ALL_LOG")"
 if [[ -s $GATEWAY_ALL_LOG ]]; then
     echo
     echo "Gateway stderr, last lines:"
@@ -778,6 +798,9 @@ echo "## Commands"
 echo
 echo '```'
 echo "cargo build --release --example gateway"
+if [[ $PGO == 1 ]]; then
+    echo "scripts/build-pgo.sh   # gateway-pgo"
+fi
 echo "nginx -p \$TMP/backends -e \$TMP/backends/logs/error.log -c \$TMP/backends/nginx.conf   # backends, all runs"
 for proxy in "${PROXIES[@]}"; do
     echo "${START_CMD[$proxy]}"
