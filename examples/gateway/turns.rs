@@ -22,8 +22,9 @@
 //! did so every time served fewer requests at a higher p99
 //! (BENCHMARKS.md). A worker notices a change within its next
 //! [`LOOK_EVERY`] requests. Each look or read costs at most one system
-//! call (on x86-64 the CPU comes from the vDSO); an idle worker makes
-//! none. Before Linux 6.6 the scheduler checked slices only at the tick,
+//! call (glibc, which rustix calls here, finds the CPU without one: in
+//! the area the kernel keeps for restartable sequences, or the vDSO); an
+//! idle worker makes none. Before Linux 6.6 the scheduler checked slices only at the tick,
 //! and the read changes nothing.
 //!
 //! Elsewhere than Linux this does nothing.
