@@ -383,7 +383,7 @@ fn worker(
             proxy::enter_worker(index);
             turns::enter_worker(index);
             let mut runtime = tokio::runtime::Builder::new_current_thread();
-            runtime.enable_all().on_thread_park(turns::before_sleep);
+            runtime.enable_all();
             if let Some(unpinned) = cpu.and_then(|cpu| cpus::pin(index, cpu)) {
                 // The runtime's blocking threads start from the worker's
                 // one CPU; they get back the CPUs it had.

@@ -27,18 +27,7 @@
 //! idle worker makes none. Before Linux 6.6 the scheduler checked slices only at the tick,
 //! and the read changes nothing.
 //!
-//! Elsewhere than Linux the looks and reads do nothing.
-//!
-//! A worker that has run out of work also gives way before it sleeps
-//! ([`before_sleep`]): it hands its CPU to any thread waiting for one
-//! there (the load generator, a backend, the other worker) and sleeps
-//! only if nothing has come for it by the time it has the CPU back. What
-//! those threads do while it waits is mostly what it would be woken for
-//! next, so it takes that as a batch instead of being woken for each
-//! event and waiting for its CPU behind them every time. With nothing
-//! else waiting the call returns at once; it costs one system call each
-//! time a worker runs out of work, which under load is about once in 20
-//! to 25 requests.
+//! Elsewhere than Linux this does nothing.
 
 use std::cell::Cell;
 use std::sync::atomic::AtomicU64;
@@ -149,13 +138,6 @@ fn shares_a_cpu(index: Option<usize>) -> bool {
 #[cfg(not(target_os = "linux"))]
 fn shares_a_cpu(_index: Option<usize>) -> bool {
     false
-}
-
-/// Gives the calling worker's CPU to any other thread waiting for it, as
-/// the worker runs out of work and is about to sleep; see the module.
-/// Registered as the runtime's `on_thread_park` hook.
-pub fn before_sleep() {
-    std::thread::yield_now();
 }
 
 /// Reads the calling thread's CPU clock, for what that does (above).
