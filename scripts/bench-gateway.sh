@@ -327,10 +327,15 @@ for i in 1 2 3; do
     GATEWAY_ARGS+=(--backend "b$i=http://127.0.0.1:${BACKEND_PORTS[i - 1]}")
 done
 
+# The PGO build's path as the report shows it: relative to the
+# repository when inside it (build-pgo.sh's default, or its PGO_DIR).
+PGO_BIN_SHOWN=${GATEWAY_PGO_BIN:-$ROOT/target/pgo/optimised/release/examples/gateway}
+PGO_SHOWN=${PGO_BIN_SHOWN#"$ROOT"/}
+
 # Display form of each proxy's start command, for the report.
 declare -A START_CMD=(
     [gateway]="STICKY_SECRET=<fixed 37-byte test secret> RUST_LOG=warn target/release/examples/gateway ${GATEWAY_ARGS[*]}"
-    [gateway-pgo]="STICKY_SECRET=<fixed 37-byte test secret> RUST_LOG=warn target/pgo/optimised/release/examples/gateway ${GATEWAY_ARGS[*]}"
+    [gateway-pgo]="STICKY_SECRET=<fixed 37-byte test secret> RUST_LOG=warn ${PGO_SHOWN} ${GATEWAY_ARGS[*]}"
     [haproxy]="haproxy -db -f \$TMP/haproxy/haproxy.cfg"
     [nginx]="nginx -p \$TMP/nginx -e \$TMP/nginx/logs/error.log -c \$TMP/nginx/nginx.conf"
 )
@@ -799,7 +804,7 @@ echo
 echo '```'
 echo "cargo build --release --example gateway"
 if [[ $PGO == 1 ]]; then
-    echo "scripts/build-pgo.sh   # gateway-pgo"
+    echo "${PGO_DIR:+PGO_DIR=$PGO_DIR }scripts/build-pgo.sh   # gateway-pgo"
 fi
 echo "nginx -p \$TMP/backends -e \$TMP/backends/logs/error.log -c \$TMP/backends/nginx.conf   # backends, all runs"
 for proxy in "${PROXIES[@]}"; do
