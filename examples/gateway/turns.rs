@@ -24,8 +24,8 @@
 //! [`LOOK_EVERY`] requests. Each look or read costs at most one system
 //! call (glibc, which rustix calls here, finds the CPU without one: in
 //! the area the kernel keeps for restartable sequences, or the vDSO); an
-//! idle worker makes none. Before Linux 6.6 the scheduler checked slices only at the tick,
-//! and the read changes nothing.
+//! idle worker makes none. Before Linux 6.6 the scheduler checked slices
+//! only at the tick, and the read changes nothing.
 //!
 //! Elsewhere than Linux this does nothing.
 
