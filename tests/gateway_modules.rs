@@ -1,8 +1,8 @@
 //! The gateway modules' own tests (admin API, client connections,
-//! proxying, timeouts, keys, the access log, workers sharing a CPU),
-//! run here because examples are not test targets: `test = true` would
-//! make `cargo test` build the gateway only as a test harness, not the
-//! binary the other gateway tests run.
+//! proxying, timeouts, keys, the access log, workers sharing a CPU,
+//! which worker a thread is), run here because examples are not test
+//! targets: `test = true` would make `cargo test` build the gateway only
+//! as a test harness, not the binary the other gateway tests run.
 // The modules are shared with the gateway binary; not all of them is
 // used by the tests.
 #![allow(dead_code)]
@@ -27,3 +27,5 @@ mod proxy;
 mod stall;
 #[path = "../examples/gateway/turns.rs"]
 mod turns;
+#[path = "../examples/gateway/worker.rs"]
+mod worker;

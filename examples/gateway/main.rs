@@ -28,6 +28,7 @@ mod latency;
 mod proxy;
 mod stall;
 mod turns;
+mod worker;
 
 use std::convert::Infallible;
 use std::io::IsTerminal as _;
@@ -380,8 +381,7 @@ fn worker(
     let spawned = std::thread::Builder::new()
         .name(format!("gateway-worker-{index}"))
         .spawn(move || {
-            proxy::enter_worker(index);
-            turns::enter_worker(index);
+            worker::enter(index);
             let mut runtime = tokio::runtime::Builder::new_current_thread();
             runtime.enable_all();
             if let Some(unpinned) = cpu.and_then(|cpu| cpus::pin(index, cpu)) {

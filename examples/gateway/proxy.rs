@@ -206,17 +206,6 @@ impl Default for ProxyOptions {
     }
 }
 
-thread_local! {
-    /// This thread's idle pool: 1 + its worker index, 0 off the workers.
-    static POOL_SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks the calling thread as worker `index` (from 0), for its own idle
-/// pool in every upstream.
-pub fn enter_worker(index: usize) {
-    POOL_SHARD.with(|shard| shard.set(index + 1));
-}
-
 /// A short response of the gateway's own.
 pub fn text(status: StatusCode, message: &str) -> Response<Body> {
     let mut response = Response::new(
@@ -243,7 +232,8 @@ struct Inner {
     authority: Authority,
     host: HeaderValue,
     options: ProxyOptions,
-    /// Idle connections: one pool off the workers, then one per worker.
+    /// Idle connections: one pool off the workers, then one per worker,
+    /// as [`crate::worker::slot`] numbers them.
     idle: Box<[Mutex<Pool>]>,
     /// Its response times, sharded as `idle` is.
     times: ResponseTimes,
@@ -339,7 +329,7 @@ impl Upstream {
     /// This thread's idle pool, and its index.
     fn idle(&self) -> (std::sync::MutexGuard<'_, Pool>, usize) {
         let pools = &self.inner.idle;
-        let shard = POOL_SHARD.with(|shard| shard.get()) % pools.len();
+        let shard = crate::worker::slot() % pools.len();
         (
             pools[shard].lock().unwrap_or_else(|e| e.into_inner()),
             shard,
@@ -592,7 +582,7 @@ impl Upstream {
         // wait for the head ended.
         let waited_since = conn.armed_at;
         conn.arm();
-        let shard = POOL_SHARD.with(|shard| shard.get());
+        let shard = crate::worker::slot();
         let waited = conn.armed_at.saturating_duration_since(waited_since);
         self.inner.times.record(shard, waited);
         let body = Leased {

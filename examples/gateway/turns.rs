@@ -71,8 +71,6 @@ fn sighting(cpu: u32, ms: u32) -> u64 {
 
 /// What a worker thread keeps between requests.
 struct Worker {
-    /// `None` on a thread that is not a worker.
-    index: Cell<Option<usize>>,
     started: Cell<u32>,
     /// Whether another worker was on its CPU at its last look.
     sharing: Cell<bool>,
@@ -81,7 +79,6 @@ struct Worker {
 thread_local! {
     static WORKER: Worker = const {
         Worker {
-            index: Cell::new(None),
             started: Cell::new(0),
             sharing: Cell::new(false),
         }
@@ -94,18 +91,13 @@ pub fn init(workers: usize) {
     let _ = SEEN.set((0..workers).map(|_| AtomicU64::new(NONE)).collect());
 }
 
-/// Marks the calling thread as worker `index`.
-pub fn enter_worker(index: usize) {
-    WORKER.with(|worker| worker.index.set(Some(index)));
-}
-
 /// Counts a request started on the calling worker; see the module.
 pub fn request_started() {
     WORKER.with(|worker| {
         let started = worker.started.get().wrapping_add(1);
         worker.started.set(started);
         if started % LOOK_EVERY == 0 {
-            worker.sharing.set(shares_a_cpu(worker.index.get()));
+            worker.sharing.set(shares_a_cpu(crate::worker::index()));
         }
         if started % EVERY == 0 && worker.sharing.get() {
             read_cpu_clock();
@@ -180,7 +172,7 @@ mod tests {
         assert!(!shares_a_cpu(None), "not a worker");
 
         // A worker looks again only every LOOK_EVERY requests.
-        enter_worker(0);
+        crate::worker::enter(0);
         seen_at(1, cpu, 0);
         let sharing = || WORKER.with(|worker| worker.sharing.get());
         for _ in 1..LOOK_EVERY {
